@@ -1,0 +1,69 @@
+"""The probe data model: what every concept dataset, built-in or custom, becomes."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+Modality = Literal["text", "vision"]
+
+
+class ProbeError(ValueError):
+    """A probe the user supplied (or named) is unusable; the message is one clear line."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One probe example.
+
+    `label` is 1 for the concept, 0 for its contrast. `group` is the phrasing or
+    sub-concept (used for consistency and for the group-wise train/test split).
+    `span` is the [start, end) character span of the concept word in `text`, when
+    there is one (for `concept` pooling); negatives carry the span of the word that
+    replaced it. `target` is a continuation whose probability depends on the concept
+    (for causal / masked LM confidence). `image` is an image reference for vision:
+    `builtin:<concept>/<seed>` or a file path.
+    """
+
+    example_id: int
+    label: int
+    group: str
+    split: Literal["train", "test"]
+    text: str | None = None
+    image: str | None = None
+    span: tuple[int, int] | None = None
+    target: str | None = None
+    pair_id: int | None = None
+
+
+@dataclass
+class ProbeSet:
+    """A concept's examples, in a fixed order, with a content hash that names them."""
+
+    concept: str
+    modality: Modality
+    examples: list[Example]
+    source: str = "builtin"
+    description: str = ""
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def sha(self) -> str:
+        h = hashlib.sha256()
+        h.update(f"{self.concept}\0{self.modality}\0".encode())
+        for e in self.examples:
+            h.update(json.dumps(asdict(e), sort_keys=True).encode())
+            h.update(b"\n")
+        return h.hexdigest()[:16]
+
+    @property
+    def n_pos(self) -> int:
+        return sum(e.label == 1 for e in self.examples)
+
+    @property
+    def n_neg(self) -> int:
+        return sum(e.label == 0 for e in self.examples)
+
+    def split(self, which: str) -> list[Example]:
+        return [e for e in self.examples if e.split == which]

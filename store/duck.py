@@ -1,0 +1,74 @@
+"""A DuckDB connection whose views carry the store's table names (DESIGN: "Store")."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from .layout import Store, StoreError
+from .schema import PARTITIONS, SCHEMAS
+
+_DUCK_TYPES = {
+    pa.string(): "VARCHAR", pa.int8(): "TINYINT", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
+    pa.float32(): "FLOAT", pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN",
+}
+
+
+def _duck_type(t: pa.DataType) -> str:
+    if pa.types.is_list(t) or pa.types.is_fixed_size_list(t):
+        return _duck_type(t.value_type) + "[]"
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMPTZ"
+    if pa.types.is_float16(t):
+        return "FLOAT"
+    return _DUCK_TYPES[t]
+
+
+def _empty_select(table: str) -> str:
+    """A typed, empty relation, so queries over a fresh store work and return no rows."""
+    if table == "activations":
+        cols = [("example_id", "INTEGER"), ("acts", "FLOAT[]"), ("run_id", "VARCHAR")]
+    else:
+        cols = [(f.name, _duck_type(f.type)) for f in SCHEMAS[table]]
+    cols += [(k, "INTEGER" if k == "layer" else "VARCHAR") for k in PARTITIONS[table]]
+    inner = ", ".join(f"CAST(NULL AS {t}) AS {n}" for n, t in cols)
+    return f"SELECT {inner} WHERE false"
+
+
+def view_sql(store: Store, table: str) -> str:
+    """The CREATE VIEW statement for one table: a glob over its partitions."""
+    root = store.table_dir(table)
+    if not any(root.glob("**/*.parquet")) if root.exists() else True:
+        body = _empty_select(table)
+    else:
+        glob = (root / "**" / "*.parquet").as_posix().replace("'", "''")
+        hive = "true" if PARTITIONS[table] else "false"
+        types = ", hive_types={'layer': INTEGER}" if "layer" in PARTITIONS[table] else ""
+        body = (f"SELECT * FROM read_parquet('{glob}', hive_partitioning={hive}{types}, "
+                f"union_by_name=true)")
+    return f"CREATE OR REPLACE VIEW {table} AS {body};"
+
+
+def views_sql(store: Store) -> str:
+    """Every view, as a script a bare `duckdb` shell can run (`duckdb -init views.sql`)."""
+    return "\n".join(view_sql(store, t) for t in PARTITIONS) + "\n"
+
+
+def connect(store: Store | str | Path, *, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB over the store; the Parquet files stay the only truth."""
+    if not isinstance(store, Store):
+        store = Store(store)
+    con = duckdb.connect(":memory:")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    for t in PARTITIONS:
+        try:
+            con.execute(view_sql(store, t))
+        except duckdb.Error as e:
+            raise StoreError(f"the store's {t} table cannot be read ({_first_line(e)})") from None
+    return con
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
