@@ -72,3 +72,25 @@ def connect(store: Store | str | Path, *, threads: int | None = None) -> duckdb.
 
 def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def write_views(store: Store | str | Path) -> Path | None:
+    """Write `<store>/views.sql`, the views as a script for a bare `duckdb` shell
+    (`duckdb -init <store>/views.sql`). Replaced atomically; returns None (and writes
+    nothing) when the store is read-only or missing."""
+    import os
+    import uuid
+
+    if not isinstance(store, Store):
+        store = Store(store)
+    if not store.root.is_dir():
+        return None
+    final = store.root / "views.sql"
+    tmp = store.root / f".views.sql.{uuid.uuid4().hex}.tmp"
+    try:
+        tmp.write_text(views_sql(store))
+        os.replace(tmp, final)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return None
+    return final

@@ -1,0 +1,8 @@
+-- description: BERT vs RoBERTa (base): compare_models with bert-base-uncased and roberta-base as the two models.
+-- same-as: compare_models
+-- param: model_a VARCHAR = 'bert-base-uncased'
+-- param: model_b VARCHAR = 'roberta-base'
+-- param: concept VARCHAR = NULL
+-- param: bins INTEGER = 10
+-- param: top INTEGER = 100
+-- param: alpha DOUBLE = 0.05

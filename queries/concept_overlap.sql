@@ -1,0 +1,18 @@
+-- description: Neurons of one model significant (q_value < alpha) for several concepts: polysemantic candidates, most concepts first.
+-- param: model VARCHAR
+-- param: min_concepts INTEGER = 2
+-- param: alpha DOUBLE = 0.05
+SELECT
+    model, layer, neuron,
+    any_value(depth) AS depth,
+    count(DISTINCT concept) AS n_concepts,
+    list(DISTINCT concept ORDER BY concept) AS concepts,
+    avg(selectivity) AS mean_selectivity,
+    max(score) AS max_score,
+    min(rank) AS best_rank
+FROM scores
+WHERE model = $model
+  AND q_value < $alpha
+GROUP BY model, layer, neuron
+HAVING count(DISTINCT concept) >= $min_concepts
+ORDER BY n_concepts DESC, layer, neuron
