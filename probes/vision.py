@@ -104,9 +104,10 @@ _RED_NAMES = ("red", "crimson", "firebrick", "cherry", "scarlet",
               "darkred", "brick", "carmine", "light-red", "maroon")
 
 
-def _hue_colour(rng: np.random.Generator) -> np.ndarray:
-    """A colour whose hue stays away from red (60..300 degrees)."""
-    h, s, v = rng.uniform(60, 300) / 60.0, rng.uniform(0.3, 0.9), rng.uniform(0.4, 0.95)
+def _hue_colour(rng: np.random.Generator, avoid: float) -> np.ndarray:
+    """A colour whose hue stays at least 60 degrees from `avoid` (degrees)."""
+    h = ((avoid + rng.uniform(60, 300)) % 360) / 60.0
+    s, v = rng.uniform(0.3, 0.9), rng.uniform(0.4, 0.95)
     k = (np.array([5.0, 3.0, 1.0]) + h) % 6
     return 255 * v * (1 - s * np.clip(np.minimum(k, 4 - k), 0, 1))
 
@@ -118,13 +119,34 @@ def _shape(rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
     return np.maximum(np.abs(_YY - cy), np.abs(_XX - cx)) < size * 0.89  # same area as the disk
 
 
-def _red(group: int, rng: np.random.Generator, noise: np.random.Generator, pos: bool) -> Drawing:
-    shade, roll = _REDS[group], 1 + int(rng.integers(0, 2))  # draw before branching: pairs match
+def _coloured_shape(shade: np.ndarray, avoid: float, rng: np.random.Generator, pos: bool) -> Drawing:
+    """A shape in `shade` on clutter; the negative rotates the RGB channels (same brightness mix)."""
+    roll = 1 + int(rng.integers(0, 2))  # drawn before branching so that the pair matches
     fg = shade if pos else np.roll(shade, roll)
-    pal = np.stack([_hue_colour(rng), _hue_colour(rng), fg])
-    idx = _blobs(_rng("red-clutter", int(rng.integers(1 << 30)), 0), 8, 0.5).astype(np.uint8)
+    pal = np.stack([_hue_colour(rng, avoid), _hue_colour(rng, avoid), fg])
+    idx = _blobs(_rng("shape-clutter", int(rng.integers(1 << 30)), 0), 8, 0.5).astype(np.uint8)
     idx[_shape(rng, 30, 60)] = 2
     return idx, pal
+
+
+def _red(group: int, rng: np.random.Generator, noise: np.random.Generator, pos: bool) -> Drawing:
+    return _coloured_shape(_REDS[group], 0.0, rng, pos)
+
+
+def _blue(group: int, rng: np.random.Generator, noise: np.random.Generator, pos: bool) -> Drawing:
+    return _coloured_shape(np.roll(_REDS[group], 2), 240.0, rng, pos)
+
+
+def _grid(group: int, rng: np.random.Generator, noise: np.random.Generator, pos: bool) -> Drawing:
+    spacing = 12.0 + 3.0 * group
+    width = rng.uniform(1.5, 4.0)
+    theta = np.deg2rad(rng.uniform(-45, 45))
+    pal, cells = _colours(rng), int(rng.integers(4, 9))
+    if pos:
+        u = _XX * np.cos(theta) + _YY * np.sin(theta)
+        v = -_XX * np.sin(theta) + _YY * np.cos(theta)
+        return (u % spacing < width) | (v % spacing < width), pal
+    return _blobs(noise, cells, 1.0 - (1.0 - width / spacing) ** 2), pal
 
 
 def _circles(group: int, rng: np.random.Generator, noise: np.random.Generator, pos: bool) -> Drawing:
@@ -152,6 +174,10 @@ CONCEPTS: dict[str, tuple[Generator, str, tuple[str, ...]]] = {
              tuple(f"spacing-{14 + 3 * g:02d}" for g in range(N_GROUPS))),
     "red": (_red, "A red shape on clutter; negatives show the same shape with the channels rotated (green/blue).",
             _RED_NAMES),
+    "blue": (_blue, "A blue shape on clutter; negatives show the same shape with the channels rotated (red/green).",
+             tuple(f"blue-{n}" for n in range(N_GROUPS))),
+    "grid": (_grid, "Grids of thin crossing lines; negatives are blobs covering the same area in the same colours.",
+             tuple(f"spacing-{12 + 3 * g:02d}" for g in range(N_GROUPS))),
     "circles": (_circles, "Circle outlines (curves); negatives are square outlines with the same ink.",
                 tuple(f"{'thin' if g < 5 else 'thick'}-{1 + g % 5}" for g in range(N_GROUPS))),
 }
