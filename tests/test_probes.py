@@ -1,0 +1,347 @@
+"""Built-in concepts, custom probe files, vision generators and `neurolens concepts`."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from neurolens.probes import (ProbeError, ProbeSet, list_concepts, load_concept, load_image,
+                              load_probe_file, load_probes)
+from neurolens.probes import vision
+
+# Regenerate only when the built-in data changes on purpose:
+#   python -c "import neurolens.probes as p; print({c.name: p.load_concept(c.name).sha for c in p.list_concepts()})"
+GOLDEN_SHA = {
+    "animals": "4cca567cf8d33f8d", "colors": "1f608fbf142a0f2d", "comparatives": "4db5ff3d4171abfa",
+    "emotion": "f734c82472aff1f0", "food": "63b65d1ac5772ee3", "future_tense": "ae2c3648310c1d31",
+    "gender": "1501e714e50cfcbf", "law": "12fedd5d03d1897a", "medicine": "1cda7eac13b4247b",
+    "negation": "16f19adf5c1d9fce", "numbers": "a759bb57423bf0b2", "past_tense": "6dcfaac255eb3719",
+    "places": "8d08617105dac952", "plural": "13e42633fdc04f51", "questions": "4c42afbee66d8e25",
+    "royalty": "fc049f22cb0d2e85", "sentiment": "278f0cf2d43c261d", "sports": "1fd9b33e544ce23f",
+    "stripes": "5d21286ee77ea326", "checkerboard": "f6cc3f8cbe74bfe6", "dots": "e362b658c5d442a9",
+    "red": "8e8d3fae1ad69e79", "blue": "cba2e0113fc18f91", "grid": "8a53010715b7bdf8",
+    "circles": "fc163ce8120c16f9",
+}
+TEXT = [c.name for c in list_concepts() if c.modality == "text"]
+VISION = [c.name for c in list_concepts() if c.modality == "vision"]
+WITH_TARGETS = ["royalty", "negation", "past_tense", "sentiment", "plural", "gender"]
+TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def test_builtin_catalogue() -> None:
+    assert len(TEXT) >= 16 and len(VISION) >= 6
+    assert {"royalty", "negation", "past_tense", "sentiment"} <= set(TEXT)
+    assert {"stripes", "checkerboard", "dots", "red", "circles"} <= set(VISION)
+
+
+@pytest.mark.parametrize("name", TEXT)
+def test_text_balance_and_uniqueness(name: str) -> None:
+    ps = load_concept(name)
+    assert ps.modality == "text" and ps.n_pos >= 300 and ps.n_neg >= 300
+    texts = [e.text for e in ps.examples]
+    assert len(set(texts)) == len(texts)
+    assert [e.example_id for e in ps.examples] == list(range(len(ps.examples)))
+
+
+@pytest.mark.parametrize("name", TEXT + VISION)
+def test_group_split(name: str) -> None:
+    ps = load_concept(name)
+    train, test = ps.split("train"), ps.split("test")
+    assert not {e.group for e in train} & {e.group for e in test}
+    for part in (train, test):
+        assert {e.label for e in part} == {0, 1}
+    assert 0.2 <= len(test) / len(ps.examples) <= 0.4
+    split_of_pair = defaultdict(set)
+    for e in ps.examples:
+        split_of_pair[e.pair_id].add(e.split)
+    assert all(len(s) == 1 for s in split_of_pair.values())
+
+
+@pytest.mark.parametrize("name", TEXT + VISION)
+def test_stable_sha(name: str) -> None:
+    assert load_concept(name).sha == load_concept(name).sha == GOLDEN_SHA[name]
+
+
+@pytest.mark.parametrize("name", TEXT)
+def test_minimal_pairs_differ_only_at_span(name: str) -> None:
+    pairs = defaultdict(dict)
+    for e in load_concept(name).examples:
+        pairs[e.pair_id][e.label] = e
+    assert len(pairs) == load_concept(name).n_pos
+    for pair in pairs.values():
+        pos, neg = pair[1], pair[0]
+        assert pos.group == neg.group
+        (ps, pe), (ns, ne) = pos.span, neg.span
+        assert pos.text[:ps] == neg.text[:ns] and pos.text[pe:] == neg.text[ne:]
+        assert TOKEN.findall(pos.text[:ps]) == TOKEN.findall(neg.text[:ns])
+        assert TOKEN.findall(pos.text[pe:]) == TOKEN.findall(neg.text[ne:])
+        assert pos.text[ps:pe] != neg.text[ns:ne]
+        for e, (s, t) in ((pos, pos.span), (neg, neg.span)):  # the span covers whole words
+            assert e.text[s:t].strip() == e.text[s:t] and e.text[s:t]
+            assert s == 0 or not e.text[s - 1].isalnum()
+            assert t == len(e.text) or not e.text[t].isalnum()
+
+
+@pytest.mark.parametrize("name", WITH_TARGETS)
+def test_targets_continue_the_text(name: str) -> None:
+    ps = load_concept(name)
+    for e in ps.examples:
+        assert e.target and re.fullmatch(r"[a-z]+", e.target), e
+        assert not e.text.endswith(".")
+    by_label = {lab: {e.target for e in ps.examples if e.label == lab} for lab in (0, 1)}
+    assert by_label[0] != by_label[1]
+
+
+def test_unknown_concept_is_one_line() -> None:
+    with pytest.raises(ProbeError, match=r"unknown concept 'dog'; known: .*royalty") as exc:
+        load_concept("dog")
+    assert "\n" not in str(exc.value)
+
+
+def test_load_probes_dispatch(tmp_path) -> None:
+    assert load_probes("royalty", None).concept == "royalty"
+    f = tmp_path / "mine.json"
+    f.write_text(json.dumps({"concept": "mine", "positive": [f"p {i}" for i in range(10)],
+                             "negative": [f"n {i}" for i in range(10)]}))
+    assert load_probes(None, str(f)).concept == "mine"
+    assert load_probes("renamed", str(f)).concept == "renamed"
+    with pytest.raises(ProbeError):
+        load_probes(None, None)
+
+
+# ---------------------------------------------------------------- custom text probes
+
+def _texts(prefix: str, n: int = 12) -> list[str]:
+    return [f"{prefix} sentence number {i}." for i in range(n)]
+
+
+def test_custom_json_with_groups_and_targets(tmp_path) -> None:
+    pos = [{"text": t, "group": f"g{i % 4}", "target": "throne"} for i, t in enumerate(_texts("king"))]
+    f = tmp_path / "royal.json"
+    f.write_text(json.dumps({"concept": "royal", "positive": pos, "negative": _texts("farmer")}))
+    ps = load_probe_file(f)
+    assert isinstance(ps, ProbeSet) and ps.concept == "royal" and ps.modality == "text"
+    assert (ps.n_pos, ps.n_neg) == (12, 12)
+    assert ps.examples[0].target == "throne" and ps.examples[0].group == "g0"
+    assert {e.label for e in ps.split("test")} == {0, 1}
+    assert {e.label for e in ps.split("train")} == {0, 1}
+    assert not {e.group for e in ps.split("train")} & {e.group for e in ps.split("test")}
+    assert load_probe_file(f).sha == ps.sha
+
+
+def test_custom_jsonl_and_csv(tmp_path) -> None:
+    rows = [{"text": t, "label": 1} for t in _texts("yes")] + \
+           [{"text": t, "label": "negative", "target": "no"} for t in _texts("no")]
+    f = tmp_path / "answers.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    ps = load_probe_file(f)
+    assert ps.concept == "answers" and (ps.n_pos, ps.n_neg) == (12, 12)
+    assert ps.examples[-1].target == "no"
+    c = tmp_path / "answers.csv"
+    c.write_text("text,label,group,target\n" + "".join(
+        f"\"{r['text']}\",{r['label']},,{r.get('target', '')}\n" for r in rows))
+    ps2 = load_probe_file(c)
+    assert (ps2.n_pos, ps2.n_neg) == (12, 12) and ps2.examples[0].target is None
+    assert [e.group for e in ps2.examples] == [e.group for e in ps.examples]
+
+
+def _write(tmp_path, name: str, content: str | bytes):
+    f = tmp_path / name
+    f.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return f
+
+
+def _ok_doc(**extra) -> dict:
+    return {"concept": "c", "positive": _texts("a"), "negative": _texts("b"), **extra}
+
+
+@pytest.mark.parametrize("name,content,pattern", [
+    ("e.json", json.dumps({"concept": "c", "positive": [], "negative": _texts("b")}), "no positive examples"),
+    ("few.json", json.dumps({"concept": "c", "positive": _texts("a", 3), "negative": _texts("b")}),
+     "only 3 positive examples; need at least 10"),
+    ("dup.json", json.dumps({"concept": "c", "positive": _texts("a"), "negative": _texts("a")}),
+     "appears both positive and negative"),
+    ("type.json", json.dumps(_ok_doc(positive=[1] * 12)), r"positive\[0\]: text must be a string, got int"),
+    ("key.json", json.dumps(_ok_doc(colour="red")), "unknown key 'colour'"),
+    ("item.json", json.dumps(_ok_doc(positive=[{"txt": "x"}] * 12)), "unknown key 'txt'"),
+    ("bad.json", '{"concept": "c",\n "positive": [\n}', r"bad.json:3: bad JSON"),
+    ("enc.json", b'{"concept": "c",\n "positive": ["\xff"]}', r"enc.json:2: not valid UTF-8"),
+    ("list.json", "[1, 2]", "top level must be a JSON object"),
+    ("name.json", json.dumps(_ok_doc(concept="a/b")), "concept name"),
+    ("target.json", json.dumps(_ok_doc(positive=[{"text": t, "target": "two words"} for t in _texts("a")])),
+     "target must be a single word"),
+    ("l.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": 7}\n', r"l.jsonl:2: label must be"),
+    ("k.jsonl", '{"text": "a", "label": 1, "x": 2}\n', r"k.jsonl:1: unknown key 'x'"),
+    ("j.jsonl", '{"text": "a", "label": 1}\n[1]\n', r"j.jsonl:2: each line must be a JSON object"),
+    ("h.csv", "sentence,label\nx,1\n", r"h.csv:1: unknown key 'sentence'"),
+    ("r.csv", "text,label\nx,1\ny,0,extra\n", r"r.csv:3: expected 2 fields, got 3"),
+    ("z.csv", "", "empty CSV"),
+    ("t.txt", "hello", "unsupported probe file type"),
+])
+def test_custom_errors(tmp_path, name: str, content, pattern: str) -> None:
+    f = _write(tmp_path, name, content)
+    with pytest.raises(ProbeError, match=pattern) as exc:
+        load_probe_file(f)
+    assert "\n" not in str(exc.value) and name in str(exc.value)
+
+
+def test_missing_file(tmp_path) -> None:
+    with pytest.raises(ProbeError, match="not found"):
+        load_probe_file(tmp_path / "nope.json")
+
+
+def test_groups_that_cannot_split(tmp_path) -> None:
+    doc = {"positive": [{"text": t, "group": "one"} for t in _texts("a")],
+           "negative": [{"text": t, "group": "two"} for t in _texts("b")]}
+    f = _write(tmp_path, "g.json", json.dumps(doc))
+    with pytest.raises(ProbeError, match="cannot split by group"):
+        load_probe_file(f)
+
+
+# ---------------------------------------------------------------- image folders
+
+def _pngs(folder, n: int, colour: tuple[int, int, int], sub: str | None = None) -> None:
+    d = folder / sub if sub else folder
+    d.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        px = np.full((16, 16, 3), colour, np.uint8)
+        px[0, 0] = (i, i, i)  # every picture distinct
+        Image.fromarray(px).save(d / f"img{i:02d}.png")
+
+
+def test_image_folder(tmp_path) -> None:
+    root = tmp_path / "dogs"
+    _pngs(root / "positive", 6, (200, 0, 0), "terrier")
+    _pngs(root / "positive", 6, (190, 0, 0), "poodle")
+    _pngs(root / "negative", 12, (0, 0, 200))
+    (root / "negative" / "notes.txt").write_text("ignored")
+    ps = load_probe_file(root)
+    assert ps.concept == "dogs" and ps.modality == "vision" and (ps.n_pos, ps.n_neg) == (12, 12)
+    assert {e.group for e in ps.examples if e.label == 1} == {"terrier", "poodle"}
+    img = load_image(ps.examples[0].image)
+    assert img.shape == (16, 16, 3) and img.dtype == np.uint8
+    spec = _write(tmp_path, "spec.json", json.dumps(
+        {"concept": "dog", "positive_dir": "dogs/positive", "negative_dir": "dogs/negative"}))
+    assert load_probe_file(spec).n_pos == 12
+
+
+def test_unreadable_image(tmp_path) -> None:
+    root = tmp_path / "bad"
+    _pngs(root / "positive", 12, (200, 0, 0))
+    _pngs(root / "negative", 12, (0, 0, 200))
+    (root / "negative" / "broken.png").write_bytes(b"not a png at all")
+    with pytest.raises(ProbeError, match="broken.png: unreadable image"):
+        load_probe_file(root)
+    with pytest.raises(ProbeError, match="unreadable image"):
+        load_image(str(root / "negative" / "broken.png"))
+
+
+def test_image_duplicates_across_sides(tmp_path) -> None:
+    root = tmp_path / "dup"
+    _pngs(root / "positive", 12, (200, 0, 0))
+    _pngs(root / "negative", 12, (200, 0, 0))
+    with pytest.raises(ProbeError, match="appears both positive and negative"):
+        load_probe_file(root)
+
+
+def test_image_folder_missing_side(tmp_path) -> None:
+    _pngs(tmp_path / "x" / "positive", 12, (1, 2, 3))
+    with pytest.raises(ProbeError, match="negative image folder not found"):
+        load_probe_file(tmp_path / "x")
+
+
+# ---------------------------------------------------------------- vision generators
+
+@pytest.mark.parametrize("name", VISION)
+def test_vision_generator_deterministic(name: str) -> None:
+    ps = load_concept(name)
+    assert ps.n_pos >= 150 and ps.n_neg >= 150
+    ref = ps.examples[5].image
+    a, b = load_image(ref), load_image(ref)
+    assert a.shape == (224, 224, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert not np.array_equal(load_image(ps.examples[4].image), a)
+
+
+_FY = np.fft.fftfreq(224)[:, None] * 224
+_FR = np.hypot(_FY, np.fft.rfftfreq(224)[None, :] * 224)
+
+
+def _periodicity(img: np.ndarray) -> float:
+    """Share of non-low-frequency spectral energy in its single strongest peak."""
+    g = img.astype(np.float32).mean(axis=2)
+    spec = (np.abs(np.fft.rfft2(g - g.mean())) ** 2)[_FR >= 5]
+    return float(spec.max() / spec.sum())
+
+
+def _red_share(img: np.ndarray, channel: int) -> float:
+    x = img.astype(np.int16)
+    others = np.delete(x, channel, axis=2).max(axis=2)
+    return float(((x[..., channel] > 120) & (x[..., channel] - others > 80)).mean())
+
+
+def _orientation_entropy(img: np.ndarray) -> float:
+    """Entropy of edge orientations: curves spread over all angles, squares only two."""
+    g = img.astype(np.float32).mean(axis=2)
+    gy, gx = np.gradient(g)
+    mag = np.hypot(gx, gy)
+    keep = mag > 20
+    hist, _ = np.histogram(np.arctan2(gy[keep], gx[keep]) % np.pi, bins=12, range=(0, np.pi))
+    p = hist / max(hist.sum(), 1)
+    return float(-(p[p > 0] * np.log(p[p > 0])).sum())
+
+
+FEATURE = {
+    "stripes": _periodicity, "checkerboard": _periodicity, "dots": _periodicity, "grid": _periodicity,
+    "red": lambda im: _red_share(im, 0), "blue": lambda im: _red_share(im, 2),
+    "circles": _orientation_entropy,
+}
+
+
+@pytest.mark.parametrize("name", VISION)
+def test_vision_negatives_lack_feature(name: str) -> None:
+    ps = load_concept(name)
+    stat = FEATURE[name]
+    pos = [stat(load_image(e.image)) for e in ps.examples[:40] if e.label == 1]
+    neg = [stat(load_image(e.image)) for e in ps.examples[:40] if e.label == 0]
+    # paired: the concept image beats its own matched negative almost always
+    assert np.mean(np.array(pos) > np.array(neg)) >= 0.9
+    # matched negatives: same overall colour statistics on average
+    mp = np.mean([load_image(e.image).mean() for e in ps.examples[:20] if e.label == 1])
+    mn = np.mean([load_image(e.image).mean() for e in ps.examples[:20] if e.label == 0])
+    assert abs(mp - mn) < 25
+
+
+def test_builtin_image_refs() -> None:
+    assert np.array_equal(load_image("builtin:stripes/3"), vision.generate("stripes", 3))
+    for bad in ("builtin:nothing/1", "builtin:stripes/x", "builtin:stripes"):
+        with pytest.raises(ProbeError):
+            load_image(bad)
+
+
+# ---------------------------------------------------------------- CLI
+
+def test_concepts_command_json(capsys) -> None:
+    from neurolens.commands import concepts
+
+    assert concepts.run(argparse.Namespace(format="json")) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert sum(r["modality"] == "text" for r in rows) >= 16
+    assert sum(r["modality"] == "vision" for r in rows) >= 6
+    royalty = next(r for r in rows if r["name"] == "royalty")
+    assert royalty["n_pos"] >= 300 and "king" in royalty["groups"]
+
+
+def test_concepts_command_table(capsys) -> None:
+    from neurolens.commands import concepts
+
+    parser = argparse.ArgumentParser()
+    concepts.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["concepts"])
+    assert concepts.run(args) == 0
+    assert "royalty" in capsys.readouterr().out
