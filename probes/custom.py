@@ -135,7 +135,7 @@ def _check_keys(path: Path, obj: dict, allowed: tuple[str, ...], where: int | st
 def _parse_label(path: Path, value: object, where: int | str | None) -> int:
     key = value.strip().lower() if isinstance(value, str) else value
     if isinstance(key, bool) or not isinstance(key, (int, str)) or str(key) not in _LABELS:
-        _fail(path, f"label must be 1/0 or positive/negative, got {_snip(repr(value))}", where)
+        _fail(path, f"label must be 1/0 or positive/negative, got {repr(value)[:40]}", where)
     return _LABELS[str(key)]
 
 
