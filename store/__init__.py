@@ -7,3 +7,6 @@ __all__ = [
     "MARKER", "PARTITIONS", "SCHEMAS", "TABLES", "Store", "StoreError", "activations_schema",
     "check_name", "connect", "view_sql", "views_sql", "write_parquet",
 ]
+from .read import layers_stored, read_layer, read_table  # noqa: E402
+
+__all__ += ["layers_stored", "read_layer", "read_table"]

@@ -1,0 +1,181 @@
+"""Streaming extraction: one forward pass per batch, pooled on the device, fp16 to the store.
+
+Batches are length-sorted once for the whole probe set and dealt round-robin to the
+processes of an `accelerate launch`/`torchrun` group, so every batch is exactly the
+batch a single process would run: the store's contents do not depend on world size.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from neurolens.engine.adapters.base import Adapter
+from neurolens.engine.hooks import on_sites
+from neurolens.engine.pooling import pool
+from neurolens.probes.types import Example, ProbeSet
+from neurolens.store import Store, activations_schema, write_parquet
+
+EXTRACT_VERSION = "1"
+
+
+@dataclass
+class Shard:
+    """Which part of the work this process does (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+    barrier: Callable[[], None] = lambda: None
+    broadcast: Callable[[str], str] = lambda s: s
+
+    @classmethod
+    def from_env(cls) -> Shard:
+        import os
+
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls()
+        from accelerate import PartialState
+        from accelerate.utils import broadcast_object_list
+
+        st = PartialState()
+
+        def bcast(s: str) -> str:
+            box = [s]
+            broadcast_object_list(box, from_process=0)
+            return box[0]
+
+        return cls(st.process_index, st.num_processes, st.wait_for_everyone, bcast)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def model_sha(adapter: Adapter) -> str:
+    """Identifies the weights: the hub commit when known, else config + weight file sizes."""
+    cfg = adapter.model.config
+    commit = getattr(cfg, "_commit_hash", None)
+    h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode())
+    if commit:
+        h.update(commit.encode())
+    p = Path(adapter.ref)
+    if p.is_dir():
+        for f in sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")):
+            h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def layer_key(msha: str, probe_sha: str, layer: int, pooling: str, dtype: str) -> str:
+    return f"v{EXTRACT_VERSION}:{msha}:{probe_sha}:{layer}:{pooling}:{dtype}"
+
+
+def examples_table(examples: Sequence[Example], run_id: str) -> pa.Table:
+    span = [e.span for e in examples]
+    return pa.table({
+        "example_id": pa.array([e.example_id for e in examples], pa.int32()),
+        "text": pa.array([e.text if e.text is not None else e.image for e in examples], pa.string()),
+        "label": pa.array([e.label for e in examples], pa.int8()),
+        "grp": pa.array([e.group for e in examples], pa.string()),
+        "split": pa.array([e.split for e in examples], pa.string()),
+        "target": pa.array([e.target for e in examples], pa.string()),
+        "span_start": pa.array([s[0] if s else None for s in span], pa.int32()),
+        "span_end": pa.array([s[1] if s else None for s in span], pa.int32()),
+        "pair_id": pa.array([e.pair_id for e in examples], pa.int32()),
+        "run_id": pa.array([run_id] * len(examples), pa.string()),
+    })
+
+
+def acts_table(example_ids: np.ndarray, acts: np.ndarray, run_id: str) -> pa.Table:
+    n, width = acts.shape
+    flat = pa.array(np.ascontiguousarray(acts, dtype=np.float16).reshape(-1), pa.float16())
+    return pa.Table.from_arrays(
+        [pa.array(example_ids.astype(np.int32)), pa.FixedSizeListArray.from_arrays(flat, width),
+         pa.array([run_id] * n, pa.string())],
+        schema=activations_schema(width))
+
+
+@dataclass
+class ExtractStats:
+    layers: list[int]
+    n_examples: int
+    tokens: int
+    seconds: float
+
+
+@torch.inference_mode()
+def pooled_activations(adapter: Adapter, examples: Sequence[Example], layers: Sequence[int], *,
+                       pooling: str = "mean", batch_size: int = 32, shard: Shard | None = None,
+                       progress: Callable[[int], None] | None = None
+                       ) -> tuple[np.ndarray, dict[int, torch.Tensor], int]:
+    """Pooled activations of `examples` at `layers`: (row indices, {layer: [n, N] fp16}, tokens).
+    With a shard, only that process's batches; rows say which examples they are."""
+    shard = shard or Shard()
+    layers = sorted(layers)
+    batches = list(adapter.batches(examples, batch_size))[shard.rank::shard.world]
+    n_rows = sum(b.size for b in batches)
+    dev = adapter.device
+    bufs = {l: torch.empty(n_rows, adapter.n_neurons(l), dtype=torch.float16, device=dev) for l in layers}
+    rows = np.empty(n_rows, dtype=np.int64)
+    state: dict = {}
+
+    def grab(layer: int, out: torch.Tensor) -> None:
+        b, s = state["batch"], state["start"]
+        bufs[layer][s:s + b.size] = pool(out, pooling, b.mask, b.concept_mask).to(torch.float16)
+
+    tokens, start = 0, 0
+    with on_sites(adapter, layers, grab, stop_after=layers[-1]):
+        for b in batches:
+            b = b.to(dev)
+            state.update(batch=b, start=start)
+            adapter.forward(b)
+            rows[start:start + b.size] = b.index.numpy()
+            start += b.size
+            tokens += b.n_tokens
+            if progress:
+                progress(b.size)
+    return rows, bufs, tokens
+
+
+def extract(adapter: Adapter, probes: ProbeSet, store: Store, *, layers: Sequence[int], run_id: str,
+            pooling: str = "mean", dtype: str = "float32", batch_size: int = 32,
+            shard: Shard | None = None, progress: Callable[[int], None] | None = None) -> ExtractStats:
+    """Extract the layers whose partitions are missing, and publish them atomically."""
+    shard = shard or Shard()
+    t0 = time.perf_counter()
+    msha = model_sha(adapter)
+    parts = {"model": adapter.name, "concept": probes.concept}
+    todo = [l for l in layers if not store.is_complete(
+        "activations", {**parts, "layer": l}, layer_key(msha, probes.sha, l, pooling, dtype))]
+    if shard.main and not store.is_complete("examples", parts, probes.sha):
+        store.write_partition("examples", parts, examples_table(probes.examples, run_id),
+                              key=probes.sha, run_id=run_id)
+    if not todo:
+        return ExtractStats([], len(probes.examples), 0, 0.0)
+    rows, bufs, tokens = pooled_activations(adapter, probes.examples, todo, pooling=pooling,
+                                            batch_size=batch_size, shard=shard, progress=progress)
+    ids = np.array([probes.examples[i].example_id for i in rows], dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+    # every process writes its own files into one staging folder per layer; rank 0 publishes
+    stage_root = store.root / "_staging" / f"run-{run_id}"
+    for l in todo:
+        d = stage_root / f"layer={l}"
+        d.mkdir(parents=True, exist_ok=True)
+        acts = bufs[l].cpu().numpy()  # only pooled fp16 crosses to the host
+        write_parquet(acts_table(ids[order], acts[order], run_id), d / f"part-{run_id}-r{shard.rank}.parquet")
+    shard.barrier()
+    if shard.main:
+        for l in todo:
+            store.publish("activations", {**parts, "layer": l}, stage_root / f"layer={l}",
+                          key=layer_key(msha, probes.sha, l, pooling, dtype), run_id=run_id,
+                          extra={"world_size": shard.world, "n_neurons": adapter.n_neurons(l)})
+        import shutil
+
+        shutil.rmtree(stage_root, ignore_errors=True)
+    return ExtractStats(todo, len(probes.examples), tokens, time.perf_counter() - t0)

@@ -1,0 +1,5 @@
+import sys
+
+from neurolens.cli import main
+
+sys.exit(main())

@@ -1,0 +1,46 @@
+"""The `neurolens` command: one subcommand per module in neurolens/commands/."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+COMMANDS = ("run", "sweep", "query", "report", "models", "concepts", "selfcheck")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="neurolens", description=(
+        "Find the neurons that encode a concept, score them, prove them by ablation, report them."))
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(f"neurolens.commands.{name}").add_parser(sub)
+    return p
+
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from neurolens.errors import user_errors
+
+    try:
+        return int(importlib.import_module(f"neurolens.commands.{args.command}").run(args) or 0)
+    except user_errors() as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"neurolens: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("neurolens: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:  # disk full, permissions: the user's environment, not a bug
+        print(f"neurolens: error: {e.strerror or e}{': ' + str(e.filename) if e.filename else ''}",
+              file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""One model × concept through every stage: probe → extract → score → ablate → label → report.
+
+Each stage publishes its partition atomically and is skipped when the partition for the
+same inputs is already there, so a killed run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from neurolens.config import reports_dir, store_dir
+from neurolens.engine import registry
+from neurolens.engine.adapters.base import Adapter, ModelError
+from neurolens.engine.extract import Shard, extract, layer_key, model_sha
+from neurolens.engine.pooling import POOLINGS
+from neurolens.engine.score import SCORE_VERSION, score_layers, write_scores
+from neurolens.probes import ProbeError, ProbeSet, load_probes
+from neurolens.progress import Bars
+from neurolens.store import SCHEMAS, Store
+
+
+@dataclass
+class RunConfig:
+    model: str
+    concept: str | None = None
+    probes: str | None = None
+    layers: list[int] | None = None
+    pooling: str = "mean"
+    dtype: str = "float32"
+    device: str | None = None
+    batch_size: int = 32
+    seed: int = 0
+    ablate: bool = False
+    top_k: int = 10
+    importance: bool = True
+    report: bool = True
+    out: str | None = None
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    model: str
+    concept: str
+    layers: list[int]
+    top: pa.Table | None = None
+    report: Path | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+
+def versions() -> str:
+    import importlib.metadata as md
+
+    out = {}
+    for p in ("neurolens", "torch", "transformers", "duckdb", "pyarrow", "numba"):
+        try:
+            out[p] = md.version(p)
+        except md.PackageNotFoundError:
+            pass
+    return json.dumps(out, sort_keys=True)
+
+
+def new_run_id() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+
+
+def _run_row(**kw) -> pa.Table:
+    schema = SCHEMAS["runs"]
+    return pa.Table.from_pylist([{f.name: kw.get(f.name) for f in schema}], schema=schema)
+
+
+def check_config(cfg: RunConfig) -> None:
+    if cfg.pooling not in POOLINGS:
+        raise ModelError(f"unknown pooling {cfg.pooling!r}; choose from {', '.join(POOLINGS)}")
+    if cfg.batch_size < 1:
+        raise ModelError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    if cfg.top_k < 1:
+        raise ModelError(f"--top-k must be at least 1, got {cfg.top_k}")
+    if not cfg.concept and not cfg.probes:
+        raise ProbeError("name a --concept or give a --probes file")
+
+
+def run(cfg: RunConfig, *, adapter: Adapter | None = None, probes: ProbeSet | None = None,
+        bars: Bars | None = None, shard: Shard | None = None) -> RunResult:
+    """Run the pipeline for one model × concept; returns what was found."""
+    check_config(cfg)
+    bars = bars or Bars(enabled=False)
+    shard = shard or Shard.from_env()
+    probes = probes or load_probes(cfg.concept, cfg.probes)
+    store = Store(store_dir(cfg.out))
+    store.ensure()
+    adapter = adapter or registry.load(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    if probes.modality != adapter.modality:
+        raise ModelError(f"concept {probes.concept!r} is a {probes.modality} concept but "
+                         f"{adapter.name} is a {adapter.modality} model")
+    layers = adapter.check_layers(cfg.layers)
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    run_id = shard.broadcast(new_run_id())
+    msha = model_sha(adapter)
+    res = RunResult(run_id, adapter.name, probes.concept, layers)
+    started = dt.datetime.now(dt.timezone.utc)
+    base = dict(run_id=run_id, model=adapter.name, model_ref=adapter.ref, model_sha=msha,
+                concept=probes.concept, probe_sha=probes.sha, n_pos=probes.n_pos, n_neg=probes.n_neg,
+                layers=layers, pooling=cfg.pooling, device=str(adapter.device),
+                world_size=shard.world, versions=versions(), dtype=cfg.dtype, started_at=started)
+    if shard.main:
+        store.write_run(_run_row(**base, status="running"), run_id)
+
+    t0 = time.perf_counter()
+    with bars.stage(f"extract {adapter.name}/{probes.concept}", len(probes.examples)) as tick:
+        stats = extract(adapter, probes, store, layers=layers, run_id=run_id, pooling=cfg.pooling,
+                        dtype=cfg.dtype, batch_size=cfg.batch_size, shard=shard, progress=tick)
+    res.seconds["extract"] = time.perf_counter() - t0
+    if not stats.layers:
+        res.skipped.append("extract")
+    if not shard.main:
+        return res
+
+    # scores: keyed by everything they depend on
+    parts = {"model": adapter.name, "concept": probes.concept}
+    akeys = [layer_key(msha, probes.sha, l, cfg.pooling, cfg.dtype) for l in layers]
+    skey = f"s{SCORE_VERSION}:{int(cfg.importance)}:" + _digest(akeys)
+    t0 = time.perf_counter()
+    conf = None
+    if store.is_complete("scores", parts, skey):
+        res.skipped.append("score")
+    else:
+        with bars.stage("score", len(layers)) as tick:
+            acc = score_layers(store, adapter.name, probes, layers, progress=tick)
+        imp = None
+        if cfg.importance:
+            conf, imp = _importance(adapter, probes, layers, cfg, bars)
+        write_scores(store, adapter.name, probes.concept, acc, imp, adapter.n_layers, key=skey,
+                     run_id=run_id)
+    res.seconds["score"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if cfg.ablate:
+        from neurolens.engine import ablate
+
+        akey = f"a{ablate.ABLATE_VERSION}:{cfg.top_k}:{cfg.seed}:" + skey
+        if store.is_complete("ablations", parts, akey):
+            res.skipped.append("ablate")
+        else:
+            ablate.run_ablations(adapter, probes, store, top_k=cfg.top_k, seed=cfg.seed,
+                                 batch_size=cfg.batch_size, key=akey, run_id=run_id,
+                                 confidence=conf, bars=bars)
+    res.seconds["ablate"] = time.perf_counter() - t0
+
+    _label(adapter, probes, store, cfg, run_id, skey, bars, res)
+    res.top = top_neurons(store, adapter.name, probes.concept, cfg.top_k)
+    store.write_run(_run_row(**base, status="done", tokens=stats.tokens,
+                             seconds_extract=res.seconds["extract"], seconds_score=res.seconds["score"],
+                             seconds_ablate=res.seconds["ablate"],
+                             finished_at=dt.datetime.now(dt.timezone.utc)), run_id)
+    if cfg.report:
+        from neurolens.reports import render_report
+
+        with bars.stage("report", 1) as tick:
+            res.report = render_report(store.root, adapter.name, probes.concept, reports_dir(cfg.out))
+            tick(1)
+    return res
+
+
+def _digest(parts: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _importance(adapter: Adapter, probes: ProbeSet, layers: list[int], cfg: RunConfig, bars: Bars):
+    from neurolens.engine.confidence import Confidence
+    from neurolens.engine.importance import importance
+
+    conf = Confidence(adapter, probes.examples, batch_size=cfg.batch_size)
+    pos = [e for e in probes.examples if e.label == 1 and e.split == "train"]
+    with bars.stage("importance", len(pos)) as tick:
+        imp = importance(adapter, conf, pos, layers, batch_size=max(1, cfg.batch_size // 2),
+                         progress=tick)
+    return conf, imp
+
+
+def _label(adapter, probes, store, cfg, run_id, skey, bars, res) -> None:
+    try:
+        from neurolens.engine import label
+    except ImportError:
+        return
+    label.run_labels(adapter, probes, store, top_k=cfg.top_k, run_id=run_id, key=skey,
+                     batch_size=cfg.batch_size, bars=bars)
+
+
+def top_neurons(store: Store, model: str, concept: str, k: int) -> pa.Table:
+    from neurolens.store import read_table
+
+    t = read_table(store, "scores", {"model": model, "concept": concept})
+    r = t.column("rank").to_numpy(zero_copy_only=False)
+    ok = np.flatnonzero(~np.isnan(r.astype(float)))
+    ok = ok[np.argsort(r[ok].astype(float))][:k]
+    return t.take(pa.array(ok, pa.int64())).select(
+        ["layer", "neuron", "rank", "score", "selectivity", "consistency", "importance_pct", "q_value"])
+
+
+__all__ = ["RunConfig", "RunResult", "run", "top_neurons", "versions", "new_run_id"]

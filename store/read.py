@@ -1,0 +1,38 @@
+"""Reading partitions back as arrays: the scoring and ablation stages stream layer by layer."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .layout import Store, StoreError
+
+
+def layers_stored(store: Store, model: str, concept: str) -> list[int]:
+    d = store.table_dir("activations") / f"model={model}" / f"concept={concept}"
+    if not d.exists():
+        return []
+    return sorted(int(p.name.split("=", 1)[1]) for p in d.glob("layer=*") if p.is_dir())
+
+
+def read_table(store: Store, table: str, parts: dict) -> pa.Table:
+    d = store.partition_dir(table, parts)
+    files = sorted(d.glob("*.parquet"))
+    if not files:
+        raise StoreError(f"no {table} stored for {', '.join(f'{k}={v}' for k, v in parts.items())}")
+    try:
+        return pa.concat_tables([pq.read_table(f) for f in files])
+    except (pa.ArrowException, OSError) as e:
+        raise StoreError(f"corrupt {table} partition {d.relative_to(store.root)}: "
+                         f"{str(e).splitlines()[0]}") from None
+
+
+def read_layer(store: Store, model: str, concept: str, layer: int) -> tuple[np.ndarray, np.ndarray]:
+    """(example_ids [n], acts [n, N] float16), ordered by example_id."""
+    t = read_table(store, "activations", {"model": model, "concept": concept, "layer": layer})
+    ids = t.column("example_id").to_numpy().astype(np.int64)
+    col = t.column("acts").combine_chunks()
+    width = col.type.list_size
+    acts = col.values.to_numpy(zero_copy_only=False).reshape(len(ids), width)
+    order = np.argsort(ids, kind="stable")
+    return ids[order], acts[order]
