@@ -32,6 +32,8 @@ ALPHA = 0.05
 
 
 def _labels(labels, n: int) -> np.ndarray:
+    if _is_torch(labels):
+        labels = labels.detach().cpu().numpy()
     y = np.asarray(labels).ravel()
     if y.shape[0] != n:
         raise ValueError(f"labels has {y.shape[0]} entries, activations have {n} rows")

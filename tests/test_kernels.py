@@ -102,7 +102,7 @@ def test_torch_input_and_auto_backend():
     torch = pytest.importorskip("torch")
     x, y = _data(n=120, m=10, seed=6)
     a = score_chunk(torch.from_numpy(x), y)  # CPU tensor -> numba
-    b = score_chunk(x, torch.from_numpy(y).numpy().astype(bool), backend="torch")
+    b = score_chunk(x, torch.from_numpy(y).bool(), backend="torch")
     np.testing.assert_allclose(a["auc"], b["auc"], atol=1e-12)
 
 
