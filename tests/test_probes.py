@@ -345,3 +345,20 @@ def test_concepts_command_table(capsys) -> None:
     args = parser.parse_args(["concepts"])
     assert concepts.run(args) == 0
     assert "royalty" in capsys.readouterr().out
+
+
+def test_cli_concepts_json() -> None:
+    import subprocess
+    import sys
+
+    try:
+        from neurolens.cli import build_parser
+
+        build_parser()
+    except ImportError as exc:  # another command module not written yet
+        pytest.skip(f"CLI not complete: {exc}")
+    out = subprocess.run([sys.executable, "-m", "neurolens", "concepts", "--format", "json"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    rows = json.loads(out)
+    assert sum(r["modality"] == "text" for r in rows) >= 16
+    assert sum(r["modality"] == "vision" for r in rows) >= 6
