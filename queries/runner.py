@@ -253,6 +253,8 @@ def open_store(root: str | os.PathLike[str] | Store, *, threads: int | None = No
         con = _connect(store, threads=threads)
     except StoreError as e:
         raise QueryError(str(e)) from None
+    # later queries on the same connection reuse the Parquet footers read for the first
+    con.execute("SET parquet_metadata_cache = true")
     write_views(store)
     return con
 
