@@ -1,0 +1,365 @@
+"""The three kinds of page: a model × concept report, a two-model comparison, and the
+report-set index. Each is one self-contained HTML file."""
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import math
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from . import charts as ch
+from .data import ALPHA, Z_MIN, Entry, ReportError, catalog, check, connect, has_rows, query, stage_neuron_values
+from .html import Charts, render_page, thumbnail
+from .sankey import sankey_svg
+
+TOP_N = 8                 # passport cards per report
+SCATTER_MAX_REST = 2500   # non-significant neurons drawn in the scatter at most
+HIST_BINS = 30
+DEPTH_BINS = 10
+
+
+def report_name(model: str, concept: str) -> str:
+    return f"{model}__{concept}.html"
+
+
+def compare_name(model_a: str, model_b: str) -> str:
+    return f"compare__{model_a}__vs__{model_b}.html"
+
+
+def _f(x: Any) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return None if math.isnan(x) or math.isinf(x) else x
+
+
+def _ranges(xs: list[int] | None) -> str:
+    if not xs:
+        return "–"
+    xs = sorted(set(int(x) for x in xs))
+    out, start, prev = [], xs[0], xs[0]
+    for x in xs[1:] + [None]:
+        if x is not None and x == prev + 1:
+            prev = x
+            continue
+        out.append(str(start) if start == prev else f"{start}–{prev}")
+        if x is not None:
+            start = prev = x
+    return ", ".join(out)
+
+
+def _seconds(x: Any) -> str:
+    x = _f(x)
+    if x is None:
+        return "–"
+    return f"{x:.1f} s" if x < 120 else f"{x / 60:.1f} min"
+
+
+def _display_tokens(tokens: list[str], acts: list[float]) -> list[dict]:
+    """Tokens as they read (GPT-2 'Ġ', SentencePiece '▁', WordPiece '##'), with a highlight alpha."""
+    pos = [max(float(a or 0.0), 0.0) for a in acts]
+    top = max(pos) if pos else 0.0
+    marked = any(t.startswith(("Ġ", "▁", "##")) for t in tokens)
+    out = []
+    for i, (t, a) in enumerate(zip(tokens, acts)):
+        if t.startswith("##"):
+            text, sep = t[2:], ""
+        elif t.startswith(("Ġ", "▁")):
+            text, sep = t[1:], " "
+        else:
+            text, sep = t, ("" if marked or i == 0 or t in ".,;:!?)'\"" else " ")
+        out.append({"sep": sep if i else "", "text": text.replace("Ċ", "↵"),
+                    "alpha": round(pos[i] / top, 3) if top > 0 else 0.0, "act": _f(a)})
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# one model × concept
+# ---------------------------------------------------------------------------------------
+def render_report(store_root: str | Path, model: str, concept: str, out_dir: str | Path, *,
+                  top_n: int = TOP_N, con: duckdb.DuckDBPyConnection | None = None,
+                  entries: list[Entry] | None = None, index_link: bool | None = None) -> Path:
+    """Render the report of one model × concept to `<out_dir>/<model>__<concept>.html`."""
+    out_dir = Path(out_dir)
+    con = con or connect(store_root)
+    entries = entries if entries is not None else catalog(con)
+    check(entries, model, concept)
+    entry = next(e for e in entries if e.model == model and e.concept == concept)
+    p = {"model": model, "concept": concept}
+    c = Charts()
+    notes: defaultdict[str, str] = defaultdict(str)
+
+    run_df = query(con, "run_info", **p)
+    run = run_df.to_dicts()[0] if run_df.height else None
+    layer_counts = query(con, "layer_counts", **p)
+    n_scored = int(layer_counts["n_scored"].sum())
+    n_sig = int(layer_counts["n_sig"].sum())
+    top = query(con, "top_neurons", k=top_n, **p).to_dicts()
+    have_ablations = has_rows(con, "ablations", **p)
+    have_labels = has_rows(con, "labels", model=model)
+    singles = query(con, "ablation_single", **p) if have_ablations else None
+    n_validated = (singles.filter(pl.col("z") >= Z_MIN).select("layer", "neuron").unique().height
+                   if singles is not None else None)
+
+    # -- where it lives ---------------------------------------------------------------
+    bins = min(64, max(8, int(layer_counts["n_scored"].max() or 1)))
+    lm = query(con, "layer_map", bins=bins, **p)
+    layer_map_id = c.add(ch.layer_map(lm, entry.n_layers or lm["layer"].n_unique()), "layers")
+    sweep = query(con, "sweep_share", model=model)
+    sweep_id = c.add(ch.sweep_share(sweep, concept), "sweep")
+    n_concepts = sweep["concept"].n_unique()
+
+    # -- scatter ----------------------------------------------------------------------
+    n_rest = n_scored - n_sig
+    keep = 1.0 if n_rest <= SCATTER_MAX_REST else SCATTER_MAX_REST / n_rest
+    sc = query(con, "scatter", keep=keep, **p)
+    scatter_id = c.add(ch.scatter(sc), "scatter")
+    scatter_note = None
+    if keep < 1.0:
+        shown = sc.filter(pl.col("status") == "neither").height
+        scatter_note = (f"{n_scored:,} neurons were scored; all {n_sig:,} significant ones are drawn, "
+                        f"plus a random sample of {shown:,} of the other {n_rest:,} "
+                        f"({100 * keep:.1f}%) to keep the page light.")
+
+    # -- sankey -----------------------------------------------------------------------
+    flows = query(con, "sankey", model=model)
+    sankey = sankey_svg(flows.iter_rows(), highlight=concept,
+                        title=f"{model}: concept to layer to family") if flows.height else None
+    if not have_labels:
+        notes["sankey_labels"] = ("No neuron labels in the store for this model yet, so every "
+                                  "neuron's family shows as 'unlabelled'.")
+
+    # -- ablation ---------------------------------------------------------------------
+    ablation_id = None
+    abl_summary: list[dict] = []
+    if have_ablations:
+        curve = query(con, "ablation_curve", **p)
+        rand = query(con, "ablation_random", **p)
+        if curve.height:
+            ablation_id = c.add(ch.ablation(curve, rand), "ablation")
+            for m, g in curve.group_by("method", maintain_order=True):
+                r = g.sort("k").row(-1, named=True)
+                abl_summary.append({"method": m[0], "k": r["k"], "drop": _f(r["drop"]),
+                                    "random": _f(r["random_drop_mean"]), "z": _f(r["z"]),
+                                    "off": _f(r["off_target_drop"])})
+            notes["ablation_random"] = (
+                "Dots are individual random sets of k neurons from the same layers; the grey band is "
+                "their mean ± 2σ." if rand.height else
+                "The store keeps only the mean and standard deviation of the random sets here: "
+                "the grey band is the normal band mean ± 2σ.")
+        else:
+            notes["ablation"] = "Only single-neuron ablations are stored for this concept (no top-k curve)."
+    else:
+        notes["ablation"] = ("No ablations in the store for this model × concept: run with "
+                             "--ablate to test whether the model relies on these neurons.")
+
+    # -- passport cards -----------------------------------------------------------------
+    cards = _cards(con, c, model, concept, entry, top, singles, notes)
+
+    # -- the finding ------------------------------------------------------------------
+    best = top[0] if top else None
+    zero = next((a for a in abl_summary if a["method"] == "zero"), abl_summary[0] if abl_summary else None)
+    ctx = dict(
+        kind="report", title=f"{concept} in {model}", model=model, concept=concept,
+        modality=entry.modality, run=run, run_layers=_ranges(run["layers"]) if run else "–",
+        seconds=_seconds, n_scored=n_scored, n_sig=n_sig, n_layers=entry.n_layers,
+        layer_counts=layer_counts.to_dicts(), top=top, best=best, cards=cards,
+        n_validated=n_validated, top_validated=sum(bool(t["validated"]) for t in top),
+        abl_summary=abl_summary, zero=zero, alpha=ALPHA, z_min=Z_MIN,
+        layer_map_id=layer_map_id, sweep_id=sweep_id, n_concepts=n_concepts,
+        scatter_id=scatter_id, scatter_note=scatter_note, sankey=sankey,
+        ablation_id=ablation_id, notes=notes, have_labels=have_labels,
+        index_link=(out_dir / "index.html").exists() if index_link is None else index_link,
+        generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    )
+    return render_page("report.html.j2", out_dir / report_name(model, concept), c, **ctx)
+
+
+def _cards(con, c: Charts, model: str, concept: str, entry: Entry, top: list[dict],
+           singles: pl.DataFrame | None, notes: dict[str, str]) -> list[dict]:
+    if not top:
+        return []
+    p = {"model": model, "concept": concept}
+    sel = [(int(t["layer"]), int(t["neuron"])) for t in top]
+    stage_neuron_values(con, model, concept, sel)
+    have_acts = con.sql("SELECT count(*) FROM neuron_values").fetchall()[0][0] > 0
+    hist = query(con, "histograms", bins=HIST_BINS) if have_acts else None
+    groups = query(con, "group_consistency") if have_acts else None
+    if not have_acts:
+        notes["cards_acts"] = ("The store has no activations for these neurons' layers, so the "
+                               "histograms and the per-group breakdown are not shown.")
+    layers = [s[0] for s in sel]
+    neurons = [s[1] for s in sel]
+    stored_top = has_rows(con, "top_examples", **p)
+    if stored_top and entry.modality == "text":
+        tops = query(con, "top_examples", layers=layers, neurons=neurons, n=5, **p)
+    elif have_acts:
+        tops = query(con, "top_pooled", n=6 if entry.modality == "vision" else 5)
+        if entry.modality == "text":
+            notes["cards_top"] = ("No token-level top examples are stored for this concept: each card "
+                                  "shows the probe examples with the highest pooled activation instead.")
+    else:
+        tops = None
+    cards = []
+    for t in top:
+        key = (pl.col("layer") == t["layer"]) & (pl.col("neuron") == t["neuron"])
+        card = dict(t)
+        card["hist_id"] = None
+        if hist is not None:
+            h = hist.filter(key)
+            if h.height:
+                card["hist_id"] = c.add(ch.histogram(h, _f(t["range_lo"]), _f(t["range_hi"])),
+                                        f"hist-{t['layer']}-{t['neuron']}")
+        card["groups"] = groups.filter(key).to_dicts() if groups is not None else []
+        exs = []
+        if tops is not None:
+            for r in tops.filter(key).iter_rows(named=True):
+                ex = {"activation": _f(r["activation"]), "label": r.get("label"),
+                      "text": r.get("text"), "tokens": None, "img": None}
+                if r.get("tokens"):
+                    ex["tokens"] = _display_tokens(list(r["tokens"]), list(r["token_acts"] or []))
+                if entry.modality == "vision" and r.get("text"):
+                    ex["img"] = thumbnail(r["text"])
+                exs.append(ex)
+        card["examples"] = exs
+        card["ablations"] = (singles.filter(key).to_dicts() if singles is not None else [])
+        cards.append(card)
+    return cards
+
+
+# ---------------------------------------------------------------------------------------
+# two models
+# ---------------------------------------------------------------------------------------
+def render_compare(store_root: str | Path, model_a: str, model_b: str, out_dir: str | Path, *,
+                   con: duckdb.DuckDBPyConnection | None = None, entries: list[Entry] | None = None,
+                   index_link: bool | None = None) -> Path:
+    """Two models side by side by relative depth, to `<out_dir>/compare__A__vs__B.html`."""
+    out_dir = Path(out_dir)
+    con = con or connect(store_root)
+    entries = entries if entries is not None else catalog(con)
+    check(entries, model_a, None)
+    check(entries, model_b, None)
+    ca = {e.concept for e in entries if e.model == model_a}
+    cb = {e.concept for e in entries if e.model == model_b}
+    shared = sorted(ca & cb)
+    c = Charts()
+    ds = query(con, "depth_share", model_a=model_a, model_b=model_b, bins=DEPTH_BINS)
+    ds = ds.filter(pl.col("concept").is_in(shared))
+    chart_id = c.add(ch.depth_compare(ds, DEPTH_BINS, [model_a, model_b]), "depth") if ds.height else None
+    ov = query(con, "overview").filter(pl.col("concept").is_in(shared) &
+                                       pl.col("model").is_in([model_a, model_b]))
+    rows = []
+    for concept in shared:
+        row = {"concept": concept, "models": []}
+        for m in (model_a, model_b):
+            o = ov.filter((pl.col("model") == m) & (pl.col("concept") == concept))
+            d = ds.filter((pl.col("model") == m) & (pl.col("concept") == concept))
+            peak = None
+            if d.height and d["n_sig"].sum() > 0:
+                b = d.sort(["share", "bin"], descending=[True, False]).row(0, named=True)["bin"]
+                peak = (b + 0.5) / DEPTH_BINS
+            orow = o.row(0, named=True) if o.height else {}
+            row["models"].append({"model": m, "n_sig": orow.get("n_sig"), "n_scored": orow.get("n_scored"),
+                                  "top_neuron": orow.get("top_neuron"), "top_score": _f(orow.get("top_score")),
+                                  "n_validated": orow.get("n_validated"), "peak": peak,
+                                  "href": report_name(m, concept)})
+        pa_, pb_ = row["models"][0]["peak"], row["models"][1]["peak"]
+        row["shift"] = None if pa_ is None or pb_ is None else pb_ - pa_
+        rows.append(row)
+    n_layers = {m: max((e.n_layers for e in entries if e.model == m), default=0) for m in (model_a, model_b)}
+    ctx = dict(kind="compare", title=f"{model_a} vs {model_b}", model_a=model_a, model_b=model_b,
+               shared=shared, only_a=sorted(ca - cb), only_b=sorted(cb - ca), rows=rows,
+               n_layers=n_layers, chart_id=chart_id, bins=DEPTH_BINS, alpha=ALPHA,
+               have_reports={(r["concept"], m["model"]): (out_dir / m["href"]).exists()
+                             for r in rows for m in r["models"]},
+               index_link=(out_dir / "index.html").exists() if index_link is None else index_link,
+               generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    return render_page("compare.html.j2", out_dir / compare_name(model_a, model_b), c, **ctx)
+
+
+# ---------------------------------------------------------------------------------------
+# the report set
+# ---------------------------------------------------------------------------------------
+def _model_modality(entries: list[Entry]) -> dict[str, str]:
+    votes: dict[str, Counter] = {}
+    for e in entries:
+        votes.setdefault(e.model, Counter())[e.modality] += 1
+    return {m: v.most_common(1)[0][0] for m, v in votes.items()}
+
+
+def render_set(store_root: str | Path, out_dir: str | Path, models: list[str] | None = None,
+               concepts: list[str] | None = None, *, top_n: int = TOP_N,
+               progress: bool | None = None) -> Path:
+    """Every model × concept report, the comparison pages, and `<out_dir>/index.html`."""
+    out_dir = Path(out_dir)
+    con = connect(store_root)
+    entries = catalog(con)
+    for m in models or []:
+        check(entries, m, None)
+    for cpt in concepts or []:
+        check(entries, None, cpt)
+    chosen = [e for e in entries if (not models or e.model in models)
+              and (not concepts or e.concept in concepts)]
+    if not chosen:
+        raise ReportError("no model × concept in the store matches the models and concepts asked for")
+    modality = _model_modality(chosen)
+    model_list = sorted(modality)
+    pairs = [(a, b) for a, b in itertools.combinations(model_list, 2) if modality[a] == modality[b]]
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = Progress(TextColumn("[bold]reports[/]"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.description}"), TimeElapsedColumn(),
+                   disable=not show, transient=False)
+    with bar:
+        task = bar.add_task("", total=len(chosen) + len(pairs) + 1)
+        for e in chosen:
+            bar.update(task, description=f"{e.model} × {e.concept}")
+            render_report(store_root, e.model, e.concept, out_dir, top_n=top_n, con=con,
+                          entries=entries, index_link=True)
+            bar.advance(task)
+        for a, b in pairs:
+            bar.update(task, description=f"{a} vs {b}")
+            render_compare(store_root, a, b, out_dir, con=con, entries=entries, index_link=True)
+            bar.advance(task)
+        bar.update(task, description="index")
+        path = _render_index(con, out_dir, chosen, modality, pairs)
+        bar.advance(task)
+    return path
+
+
+def _render_index(con, out_dir: Path, chosen: list[Entry], modality: dict[str, str],
+                  pairs: list[tuple[str, str]]) -> Path:
+    keys = {(e.model, e.concept) for e in chosen}
+    ov = query(con, "overview")
+    ov = ov.filter(pl.struct("model", "concept").map_elements(
+        lambda s: (s["model"], s["concept"]) in keys, return_dtype=pl.Boolean))
+    ov = ov.with_columns(
+        pl.struct("model", "concept").map_elements(lambda s: report_name(s["model"], s["concept"]),
+                                                   return_dtype=pl.String).alias("href"),
+        pl.col("n_sig").max().alias("max_sig"),
+        (pl.col("n_sig").cast(pl.String) + pl.lit(" sig · ") + pl.col("n_validated").cast(pl.String)
+         + pl.lit(" val")).alias("label"))
+    c = Charts()
+    chart_id = c.add(ch.overview(ov), "overview")
+    models = sorted({e.model for e in chosen})
+    concepts = sorted({e.concept for e in chosen})
+    cells = {(r["model"], r["concept"]): r for r in ov.to_dicts()}
+    max_sig = max([r["n_sig"] for r in cells.values()] or [1]) or 1
+    n_layers = {m: max(e.n_layers for e in chosen if e.model == m) for m in models}
+    best = ov.sort("top_score", descending=True, nulls_last=True).head(1).to_dicts()
+    ctx = dict(kind="index", title="NeuroLens report set", models=models, concepts=concepts,
+               cells=cells, max_sig=max_sig, chart_id=chart_id, modality=modality, n_layers=n_layers,
+               pairs=[{"a": a, "b": b, "href": compare_name(a, b), "modality": modality[a]}
+                      for a, b in pairs],
+               n_reports=len(chosen), best=best[0] if best else None, alpha=ALPHA, z_min=Z_MIN,
+               index_link=False, report_name=report_name,
+               generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    return render_page("index.html.j2", out_dir / "index.html", c, **ctx)

@@ -1,0 +1,105 @@
+"""What a report reads from the store: named SQL files under `reports/sql/`, run on DuckDB.
+
+Every heavy step (histograms, per-group consistency, sampling, binning) is SQL; Python
+only shapes the small results for templates and charts.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+ALPHA = 0.05      # q-value threshold for a significant neuron (DESIGN "Scores")
+Z_MIN = 3.0       # ablation z at which a neuron counts as validated
+
+_PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+class ReportError(ValueError):
+    """A report cannot be made as asked (no store, unknown model or concept); one clear line."""
+
+
+@functools.cache
+def sql_text(name: str) -> str:
+    return resources.files("neurolens.reports").joinpath("sql", f"{name}.sql").read_text()
+
+
+def _params(sql: str, params: dict[str, Any]) -> dict[str, Any]:
+    used = set(_PARAM.findall(sql))
+    missing = used - set(params)
+    if missing:
+        raise KeyError(f"query needs parameters {sorted(missing)}")
+    return {k: v for k, v in params.items() if k in used}
+
+
+def query(con: duckdb.DuckDBPyConnection, name: str, **params: Any) -> pl.DataFrame:
+    """Run the named SQL file with its `$name` parameters filled; a polars frame."""
+    params.setdefault("alpha", ALPHA)
+    params.setdefault("z_min", Z_MIN)
+    sql = sql_text(name).strip().rstrip(";")
+    return con.sql(sql, params=_params(sql, params)).pl()
+
+
+def stage_neuron_values(con: duckdb.DuckDBPyConnection, model: str, concept: str,
+                        neurons: list[tuple[int, int]]) -> None:
+    """Materialise the selected neurons' activation columns once as `neuron_values`,
+    which the histogram, group and fallback-example queries then read."""
+    sql = sql_text("neuron_values").strip().rstrip(";")
+    params = {"model": model, "concept": concept,
+              "layers": [int(layer) for layer, _ in neurons],
+              "neurons": [int(n) for _, n in neurons]}
+    con.sql(f"CREATE OR REPLACE TEMP TABLE neuron_values AS {sql}", params=_params(sql, params))
+
+
+def connect(store_root: str | Path) -> duckdb.DuckDBPyConnection:
+    from neurolens.store import Store, StoreError
+    from neurolens.store import connect as store_connect
+
+    root = Path(store_root)
+    if not root.is_dir():
+        raise ReportError(f"no store at {root}: run `neurolens run` or `neurolens sweep` first")
+    try:
+        return store_connect(Store(root))
+    except StoreError as e:
+        raise ReportError(str(e)) from None
+
+
+@dataclass(frozen=True)
+class Entry:
+    model: str
+    concept: str
+    n_scored: int
+    n_layers: int
+    modality: str
+
+
+def catalog(con: duckdb.DuckDBPyConnection) -> list[Entry]:
+    df = query(con, "catalog")
+    return [Entry(r["model"], r["concept"], int(r["n_scored"]), int(r["n_layers"] or 0),
+                  r["modality"]) for r in df.iter_rows(named=True)]
+
+
+def check(entries: list[Entry], model: str | None, concept: str | None) -> None:
+    """One clear line when the store lacks the model or the concept asked for."""
+    if not entries:
+        raise ReportError("the store has no scores yet: run `neurolens run` or `neurolens sweep` first")
+    models = sorted({e.model for e in entries})
+    if model is not None and model not in models:
+        raise ReportError(f"model {model!r} has no scores in the store (it has: {', '.join(models)})")
+    pool = [e for e in entries if model is None or e.model == model]
+    concepts = sorted({e.concept for e in pool})
+    if concept is not None and concept not in concepts:
+        where = f" for model {model!r}" if model else ""
+        raise ReportError(f"concept {concept!r} has no scores in the store{where} "
+                          f"(it has: {', '.join(concepts)})")
+
+
+def has_rows(con: duckdb.DuckDBPyConnection, table: str, **where: str) -> bool:
+    cond = " AND ".join(f"{k} = ${k}" for k in where) or "true"
+    return bool(con.sql(f"SELECT EXISTS (SELECT 1 FROM {table} WHERE {cond})", params=where).fetchall()[0][0])

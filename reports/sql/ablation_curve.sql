@@ -1,0 +1,6 @@
+-- The top-k ablations (cumulative rows) of one model x concept, by method.
+SELECT method, k, metric, base_conf, ablated_conf, drop, random_drop_mean, random_drop_std, z,
+       off_target_drop, n_examples
+FROM ablations
+WHERE model = $model AND concept = $concept AND mode = 'cumulative'
+ORDER BY method, k;

@@ -1,0 +1,25 @@
+-- The top-ranked significant neurons of one model x concept, with their label and ablation evidence.
+WITH s AS (
+    SELECT * FROM scores
+    WHERE model = $model AND concept = $concept AND q_value < $alpha
+    ORDER BY rank NULLS LAST, score DESC
+    LIMIT $k
+), ab AS (
+    SELECT layer, neuron, max(z) AS best_z
+    FROM ablations
+    WHERE model = $model AND concept = $concept AND mode = 'single'
+    GROUP BY ALL
+), lb AS (
+    SELECT layer, neuron, family, label, top_tokens, polysemantic, explanation_score
+    FROM labels WHERE model = $model
+)
+SELECT s.layer, s.neuron, 'L' || s.layer || '.N' || s.neuron AS name, s.n_layers, s.depth,
+       s.selectivity, s.auc, s.cohens_d, s.mean_pos, s.mean_neg, s.std_pos, s.std_neg,
+       s.p_value, s.q_value, s.consistency, s.importance, s.importance_pct, s.score, s.rank,
+       s.range_lo, s.range_hi, s.range_overlap,
+       ab.best_z, coalesce(ab.best_z >= $z_min, false) AS validated,
+       lb.family, lb.label, lb.top_tokens, lb.polysemantic, lb.explanation_score
+FROM s
+LEFT JOIN ab USING (layer, neuron)
+LEFT JOIN lb USING (layer, neuron)
+ORDER BY s.rank NULLS LAST, s.score DESC;
