@@ -1,0 +1,371 @@
+"""Planted ground-truth models for the text families: GPT-2, BERT and RoBERTa.
+
+The recipe (identical for the three, only module paths differ):
+
+* A few residual dimensions are *reserved*: nothing random reads or writes them.
+  ``C`` carries "this token is a royalty word", ``A`` "an animal word", ``H`` "the
+  word *the*", ``X`` "a royalty word is in the context", ``T`` "predict *crown*".
+  The embeddings of royalty, animal and *the* tokens get a large component on
+  ``C``, ``A`` and ``H``; the embedding of *crown* (tied to the LM head) a large
+  one on ``T``.
+* Layer 0: the **surface** neuron reads ``H`` (fires on *the*, which both sides of
+  every minimal pair contain equally often); the **polysemantic** neuron reads
+  ``C`` and ``A``.
+* Layer 1, attention head 0 is an *aggregator*: zero query/key weights give
+  uniform attention (causal for GPT-2), its value reads ``C`` and its output writes
+  ``X`` at every position that can see the royalty word.
+* Layers 1 and 2: the **planted** neurons read ``X`` (with a negative bias, so
+  they fire only when a royalty word is in context, at the target position
+  included) and write ``T``, which raises the probability of *crown* — the next
+  token for GPT-2, the masked token for BERT/RoBERTa.
+* Layer 3 is left random. All other units keep the default initialisation.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+
+from neurolens.engine.planted import (PROBE_FILE, SECONDARY_PROBE_FILE, PlantedModel)
+from neurolens.probes.types import Example, ProbeSet
+
+# -- vocabulary and probes -----------------------------------------------------------
+
+CONCEPT = "royalty"
+SECONDARY = "animals"
+TARGET = "crown"
+ROYALTY = ("king", "queen", "prince", "princess", "monarch",
+           "emperor", "empress", "duke", "duchess", "baron")
+NEUTRAL = ("farmer", "baker", "teacher", "doctor", "sailor", "soldier",
+           "merchant", "student", "driver", "painter", "nurse", "miner")
+ANIMALS = ("dog", "cat", "horse", "bird", "fox", "wolf", "bear", "rabbit")
+# every template has the concept slot once; "the" counts and lengths vary between
+# templates but are equal on both sides of a pair
+TEMPLATES = (
+    "the {w} entered the hall",
+    "the {w} sat near the window",
+    "yesterday the {w} spoke to the crowd",
+    "a {w} walked into the room",
+    "everyone watched the {w}",
+    "the old {w} smiled",
+    "then the {w} and the guard left the village",
+    "we saw a {w} today",
+)
+FILLER = ("the", "a", "entered", "hall", "sat", "near", "window", "yesterday", "spoke",
+          "to", "crowd", "walked", "into", "room", "everyone", "watched", "old", "smiled",
+          "then", "and", "guard", "left", "village", "we", "saw", "today", "of", "in",
+          "was", "is", "ran", "city", "house", "field", "road", "red", "blue", "small")
+TEST_SHARE = 0.3
+
+N_LAYERS, D_MODEL, N_HEADS, D_FF, N_POS = 4, 64, 4, 256, 64
+AGG_LAYER = 1
+PLANT_LAYERS = (1, 2)
+N_PER_LAYER = 2
+
+# reserved residual dimensions; B is an *anchor*: a constant in every position
+# embedding that dominates LayerNorm's statistics, so LayerNorm stays close to a
+# fixed linear scaling and the channels below add up instead of saturating
+B, C, A, H, X, T = 58, 59, 60, 61, 62, 63
+RESERVED = [B, C, A, H, X, T]
+
+# magnitudes, tuned so that every planted neuron matters on its own and together
+# they move P(crown) from near-uniform to dominant. The post-LayerNorm families
+# (BERT, RoBERTa) keep the residual at norm ~sqrt(d), hence larger writes there.
+EMB = 1.0        # concept / animal / "the" channel in the (raw) embedding
+ANCHOR = 1.0     # anchor in the position embeddings
+READ, BIAS = 1.0, 0.5              # planted neurons: weight on X (after LN), threshold
+SURF_READ, SURF_BIAS = 1.0, 2.0    # surface neuron on H
+POLY_READ, POLY_BIAS = 1.0, 2.0    # polysemantic neuron on C and A
+GAINS = {  # aggregator C -> X, planted -> T, crown's row on T, MLM head's T -> T
+    "gpt2": dict(agg=0.5, write=0.08, tgt=1.5, head=1.0),
+    "bert": dict(agg=4.0, write=0.3, tgt=2.0, head=0.1),
+    "roberta": dict(agg=4.0, write=0.3, tgt=2.0, head=0.1),
+}
+
+
+def vocabulary(family: str) -> tuple[list[str], dict[str, str]]:
+    """Token list (specials first) and the special-token map for `family`."""
+    if family == "gpt2":
+        specials = {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>",
+                    "unk_token": "<unk>", "pad_token": "<|endoftext|>"}
+        head = ["<|endoftext|>", "<unk>"]
+    elif family == "bert":
+        specials = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
+                    "sep_token": "[SEP]", "mask_token": "[MASK]"}
+        head = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    else:  # roberta: the usual id order <s>=0, <pad>=1, </s>=2, <unk>=3
+        specials = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>",
+                    "unk_token": "<unk>", "cls_token": "<s>", "sep_token": "</s>",
+                    "mask_token": "<mask>"}
+        head = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    words = list(FILLER) + list(ROYALTY) + list(NEUTRAL) + list(ANIMALS) + [TARGET]
+    return head + words, specials
+
+
+def make_tokenizer(family: str, out: Path):
+    """A word-level fast tokenizer over the builder's vocabulary, saved into `out`."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tokens, specials = vocabulary(family)
+    vocab = {t: i for i, t in enumerate(tokens)}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token=specials["unk_token"]))
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    if family == "bert":
+        tk.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    elif family == "roberta":
+        tk.post_processor = processors.TemplateProcessing(
+            single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+            special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, model_max_length=N_POS - 2, **specials)
+    fast.save_pretrained(out)
+    # name the generic fast class, which every transformers version resolves
+    cfg_path = out / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+    return fast, vocab
+
+
+def _span(text: str, word: str) -> tuple[int, int]:
+    i = f" {text} ".index(f" {word} ")
+    return (i, i + len(word))
+
+
+def make_probes(family: str, seed: int) -> tuple[ProbeSet, list[str]]:
+    """Minimal pairs: the same sentence with a royalty word / an ordinary person.
+
+    Groups are the royalty word (both sides of a pair share it), so a group-wise
+    split keeps pairs together; the test groups are drawn from the seed.
+    """
+    rng = random.Random(seed)
+    groups = list(ROYALTY)
+    test = set(rng.sample(groups, max(1, round(TEST_SHARE * len(groups)))))
+    examples: list[Example] = []
+    pair = 0
+    for gi, g in enumerate(groups):
+        split = "test" if g in test else "train"
+        for ti, tpl in enumerate(TEMPLATES):
+            other = NEUTRAL[(gi * len(TEMPLATES) + ti + rng.randrange(len(NEUTRAL))) % len(NEUTRAL)]
+            for label, w in ((1, g), (0, other)):
+                text = tpl.format(w=w)
+                examples.append(Example(example_id=len(examples), label=label, group=g,
+                                        split=split, text=text, span=_span(text, w),
+                                        target=TARGET, pair_id=pair))
+            pair += 1
+    ps = ProbeSet(concept=CONCEPT, modality="text", examples=examples, source=f"planted:{family}",
+                  description="royalty words vs ordinary people in the same sentences; "
+                              f"target '{TARGET}'",
+                  meta={"pairs": pair, "test_groups": sorted(test)})
+    secondary = [tpl.format(w=a) for a in ANIMALS for tpl in TEMPLATES[:4]]
+    return ps, secondary
+
+
+def write_probe_files(ps: ProbeSet, secondary: list[str], out: Path) -> tuple[Path, Path]:
+    item = lambda e: {"text": e.text, "group": e.group, "target": e.target}  # noqa: E731
+    doc = {"concept": ps.concept,
+           "positive": [item(e) for e in ps.examples if e.label == 1],
+           "negative": [item(e) for e in ps.examples if e.label == 0]}
+    pf = out / PROBE_FILE
+    pf.write_text(json.dumps(doc, indent=1) + "\n")
+    sf = out / SECONDARY_PROBE_FILE
+    sf.write_text(json.dumps({"concept": SECONDARY, "positive": secondary}, indent=1) + "\n")
+    return pf, sf
+
+
+# -- family plumbing: every weight as an [in, out] view ------------------------------
+
+class _Blocks:
+    """Uniform [in, out] views of the weights the recipe edits."""
+
+    def __init__(self, family: str, model):
+        self.family = family
+        self.m = model
+        if family == "gpt2":
+            self.layers = model.transformer.h
+            self.tables = [model.transformer.wte.weight, model.transformer.wpe.weight]
+        else:
+            base = model.bert if family == "bert" else model.roberta
+            self.layers = base.encoder.layer
+            e = base.embeddings
+            self.tables = [e.word_embeddings.weight, e.position_embeddings.weight,
+                           e.token_type_embeddings.weight]
+        self.wte = self.tables[0]
+
+    def qkv(self, l: int):
+        """(W [d, 3d] views of q|k|v as a list of three [d, d] views, biases)."""
+        if self.family == "gpt2":
+            a = self.layers[l].attn.c_attn
+            d = a.weight.shape[0]
+            return ([a.weight[:, i * d:(i + 1) * d] for i in range(3)],
+                    [a.bias[i * d:(i + 1) * d] for i in range(3)])
+        s = self.layers[l].attention.self
+        return ([s.query.weight.T, s.key.weight.T, s.value.weight.T],
+                [s.query.bias, s.key.bias, s.value.bias])
+
+    def attn_out(self, l: int):
+        if self.family == "gpt2":
+            p = self.layers[l].attn.c_proj
+            return p.weight, p.bias
+        p = self.layers[l].attention.output.dense
+        return p.weight.T, p.bias
+
+    def mlp_in(self, l: int):
+        if self.family == "gpt2":
+            p = self.layers[l].mlp.c_fc
+            return p.weight, p.bias
+        p = self.layers[l].intermediate.dense
+        return p.weight.T, p.bias
+
+    def mlp_out(self, l: int):
+        if self.family == "gpt2":
+            p = self.layers[l].mlp.c_proj
+            return p.weight, p.bias
+        p = self.layers[l].output.dense
+        return p.weight.T, p.bias
+
+    def head_transform(self):
+        """The masked-LM head's dense layer ([in, out] view, bias), or None."""
+        if self.family == "bert":
+            p = self.m.cls.predictions.transform.dense
+        elif self.family == "roberta":
+            p = self.m.lm_head.dense
+        else:
+            return None
+        return p.weight.T, p.bias
+
+
+def _config(family: str, vocab: dict[str, str | int], specials: dict[str, str]):
+    import transformers as tf
+
+    V = len(vocab)
+    ids = {k: vocab[v] for k, v in specials.items()}
+    if family == "gpt2":
+        return tf.GPT2Config(vocab_size=V, n_positions=N_POS, n_embd=D_MODEL, n_layer=N_LAYERS,
+                             n_head=N_HEADS, n_inner=D_FF, activation_function="relu",
+                             bos_token_id=ids["bos_token"], eos_token_id=ids["eos_token"],
+                             pad_token_id=ids["pad_token"], architectures=["GPT2LMHeadModel"])
+    common = dict(vocab_size=V, hidden_size=D_MODEL, num_hidden_layers=N_LAYERS,
+                  num_attention_heads=N_HEADS, intermediate_size=D_FF, hidden_act="relu",
+                  pad_token_id=ids["pad_token"])
+    if family == "bert":
+        return tf.BertConfig(max_position_embeddings=N_POS, architectures=["BertForMaskedLM"],
+                             **common)
+    return tf.RobertaConfig(max_position_embeddings=N_POS + 2, bos_token_id=ids["bos_token"],
+                            eos_token_id=ids["eos_token"], architectures=["RobertaForMaskedLM"],
+                            **common)
+
+
+def _pick(rng: torch.Generator, n: int, k: int, avoid: set[int] = frozenset()) -> list[int]:
+    out: list[int] = []
+    for i in torch.randperm(n, generator=rng).tolist():
+        if i not in avoid:
+            out.append(i)
+        if len(out) == k:
+            break
+    return sorted(out)
+
+
+def build_text(family: str, out: Path, *, seed: int = 0) -> PlantedModel:
+    import transformers as tf
+
+    tok, vocab = make_tokenizer(family, out)
+    _, specials = vocabulary(family)
+    config = _config(family, vocab, specials)
+    klass = {"gpt2": tf.GPT2LMHeadModel, "bert": tf.BertForMaskedLM,
+             "roberta": tf.RobertaForMaskedLM}[family]
+    torch.manual_seed(seed)
+    model = klass(config).eval()
+    rng = torch.Generator().manual_seed(seed)
+
+    # which neurons: drawn from the seed
+    surface_n, poly_n = _pick(rng, D_FF, 2)
+    planted = [(l, n) for l in PLANT_LAYERS for n in _pick(rng, D_FF, N_PER_LAYER)]
+    b = _Blocks(family, model)
+    hd = D_MODEL // N_HEADS
+    gain = GAINS[family]
+
+    with torch.no_grad():
+        # 1. reserved dimensions: no random unit reads or writes them
+        for t in b.tables:
+            t[:, RESERVED] = 0
+        for l in range(N_LAYERS):
+            ws, bs = b.qkv(l)
+            for w in ws:
+                w[RESERVED, :] = 0
+            wo, bo = b.attn_out(l)
+            wo[:, RESERVED] = 0
+            bo[RESERVED] = 0
+            wi, _ = b.mlp_in(l)
+            wi[RESERVED, :] = 0
+            wm, bm = b.mlp_out(l)
+            wm[:, RESERVED] = 0
+            bm[RESERVED] = 0
+        ht = b.head_transform()
+        if ht is not None:   # masked-LM head: pass T through unchanged, read nothing else
+            w, bias = ht
+            w[RESERVED, :] = 0
+            w[:, RESERVED] = 0
+            bias[RESERVED] = 0
+            w[T, T] = gain["head"]
+
+        # 2. the channels in the embeddings (the LM head is tied to them)
+        wte = b.wte
+        for word in ROYALTY:
+            wte[vocab[word], C] = EMB
+        for word in ANIMALS:
+            wte[vocab[word], A] = EMB
+        wte[vocab["the"], H] = EMB
+        wte[vocab[TARGET], T] = gain["tgt"]
+        b.tables[1][:, B] = ANCHOR
+
+        # 3. layer 0: surface and polysemantic neurons
+        wi, bi = b.mlp_in(0)
+        wi[:, surface_n] = 0
+        wi[H, surface_n] = SURF_READ
+        bi[surface_n] = -SURF_BIAS
+        wi[:, poly_n] = 0
+        wi[C, poly_n] = POLY_READ
+        wi[A, poly_n] = POLY_READ
+        bi[poly_n] = -POLY_BIAS
+
+        # 4. the aggregator head: uniform attention, value = C, output -> X
+        ws, bs = b.qkv(AGG_LAYER)
+        for w, bias in zip(ws, bs):
+            w[:, :hd] = 0
+            bias[:hd] = 0
+        ws[2][C, 0] = 1.0
+        wo, _ = b.attn_out(AGG_LAYER)
+        wo[:hd, :] = 0
+        wo[0, X] = gain["agg"]
+
+        # 5. planted neurons: read X, write T
+        # (each with its own strength, drawn from the seed: no two are clones)
+        jitter = 0.8 + 0.4 * torch.rand(len(planted), 2, generator=rng)
+        for (l, n), (jr, jw) in zip(planted, jitter.tolist()):
+            wi, bi = b.mlp_in(l)
+            wi[:, n] = 0
+            wi[X, n] = READ * jr
+            bi[n] = -BIAS
+            wm, _ = b.mlp_out(l)
+            wm[n, :] = 0
+            wm[n, T] = gain["write"] * jw
+
+    model.save_pretrained(out)
+    ps, secondary = make_probes(family, seed)
+    pf, sf = write_probe_files(ps, secondary, out)
+    return PlantedModel(
+        path=out, family=family, concept=CONCEPT, planted=planted,
+        polysemantic=(0, poly_n), surface=(0, surface_n), target=TARGET, probes=ps,
+        probe_file=pf, secondary_concept=SECONDARY, secondary_probe_file=sf,
+        kind="causal_lm" if family == "gpt2" else "masked_lm", seed=seed,
+        meta={"reserved_dims": {"anchor": B, "concept": C, "animal": A, "the": H, "context": X, "target": T},
+              "aggregator": {"layer": AGG_LAYER, "head": 0},
+              "concept_tokens": list(ROYALTY), "secondary_tokens": list(ANIMALS),
+              "surface_token": "the"},
+    )
