@@ -84,8 +84,6 @@ def check_config(cfg: RunConfig) -> None:
         raise ModelError(f"--batch-size must be at least 1, got {cfg.batch_size}")
     if cfg.top_k < 1:
         raise ModelError(f"--top-k must be at least 1, got {cfg.top_k}")
-    if not cfg.concept and not cfg.probes:
-        raise ProbeError("name a --concept or give a --probes file")
 
 
 def run(cfg: RunConfig, *, adapter: Adapter | None = None, probes: ProbeSet | None = None,
@@ -94,9 +92,14 @@ def run(cfg: RunConfig, *, adapter: Adapter | None = None, probes: ProbeSet | No
     check_config(cfg)
     bars = bars or Bars(enabled=False)
     shard = shard or Shard.from_env()
-    probes = probes or load_probes(cfg.concept, cfg.probes)
+    if probes is None:
+        if not cfg.concept and not cfg.probes:
+            raise ProbeError("name a --concept or give a --probes file")
+        probes = load_probes(cfg.concept, cfg.probes)
     store = Store(store_dir(cfg.out))
     store.ensure()
+    if shard.main:
+        store.clean_staging()  # what killed runs left; never a live run's
     adapter = adapter or registry.load(cfg.model, device=cfg.device, dtype=cfg.dtype)
     if probes.modality != adapter.modality:
         raise ModelError(f"concept {probes.concept!r} is a {probes.modality} concept but "
@@ -117,7 +120,8 @@ def run(cfg: RunConfig, *, adapter: Adapter | None = None, probes: ProbeSet | No
         store.write_run(_run_row(**base, status="running"), run_id)
 
     t0 = time.perf_counter()
-    with bars.stage(f"extract {adapter.name}/{probes.concept}", len(probes.examples)) as tick:
+    with bars.stage(f"extract {adapter.name}/{probes.concept}", len(probes.examples)) as tick, \
+            store.claimed(f"run-{run_id}"):  # extract stages under _staging/run-<id>
         stats = extract(adapter, probes, store, layers=layers, run_id=run_id, pooling=cfg.pooling,
                         dtype=cfg.dtype, batch_size=cfg.batch_size, shard=shard, progress=tick)
     res.seconds["extract"] = time.perf_counter() - t0

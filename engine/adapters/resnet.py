@@ -34,8 +34,12 @@ class ImagePrep:
             p = AutoImageProcessor.from_pretrained(ref, local_files_only=local_only)
         except Exception:  # no preprocessor config: ImageNet defaults
             return cls()
-        size = getattr(p, "size", None) or {}
-        edge = size.get("shortest_edge") or size.get("height") or 224 if isinstance(size, dict) else size
+        size = getattr(p, "size", None)
+        if isinstance(size, int):
+            edge = size
+        else:
+            get = (lambda k: size.get(k)) if hasattr(size, "get") else (lambda k: getattr(size, k, None))
+            edge = get("shortest_edge") or get("height") or 224
         return cls(int(edge), getattr(p, "image_mean", None) or IMAGENET_MEAN,
                    getattr(p, "image_std", None) or IMAGENET_STD)
 

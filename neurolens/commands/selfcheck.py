@@ -41,10 +41,12 @@ def run(args: argparse.Namespace) -> int:
         for fam in fams:
             rows.append(check_family(fam, root, seed=args.seed, bars=bars))
     t = Table(title="selfcheck: planted concept neurons")
-    for c in ("family", "planted", "recall@k", "surface distractor", "random q<0.05", "ablation z", "pass"):
+    for c in ("family", "planted", "recall@k", "surface distractor", "random q<0.05", "ablation z",
+              "importance ρ", "pass"):
         t.add_column(c, justify="right")
     for r in rows:
         t.add_row(r.family, str(r.k), f"{r.recall:.2f}", "not ranked" if r.surface_ok else "RANKED",
-                  f"{r.random_sig_share:.3f}", f"{r.z:.1f}", "[green]yes" if r.ok else "[red]NO")
+                  f"{r.random_sig_share:.3f}", f"{r.z:.1f}", f"{r.importance_rho:.2f}",
+                  "[green]yes" if r.ok else "[red]NO")
     Console().print(t)
     return 0 if all(r.ok for r in rows) else 1
