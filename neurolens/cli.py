@@ -9,8 +9,17 @@ import sys
 COMMANDS = ("run", "sweep", "query", "report", "models", "concepts", "selfcheck")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr (exit 2), like every other user error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        sub = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        hint = f" (see `neurolens {sub + ' ' if sub else ''}--help`)"
+        self.exit(2, f"neurolens: error: {sub + ': ' if sub else ''}{message}{hint}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="neurolens", description=(
+    p = Parser(prog="neurolens", description=(
         "Find the neurons that encode a concept, score them, prove them by ablation, report them."))
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -94,11 +94,60 @@ class Store:
         return bool(m) and m.get("key") == key
 
     def staging(self) -> Path:
-        """A fresh private directory to build partitions in before publishing."""
+        """A fresh private directory to build partitions in before publishing, named after
+        this process's claim so `clean_staging` can tell it from a dead run's leftovers."""
         self.ensure()
-        d = self.root / "_staging" / uuid.uuid4().hex
+        d = self.root / "_staging" / f"{self._process_owner()}.{uuid.uuid4().hex}"
         d.mkdir(parents=True)
         return d
+
+    # -- who is alive --------------------------------------------------------
+    # A staging entry `<owner>` or `<owner>.<anything>` belongs to whoever holds a shared
+    # flock on `_staging/.<owner>.lock`; the kernel drops the lock when that process dies,
+    # however it dies, so a cleaner never removes the staging of a live run.
+    def claim(self, owner: str) -> None:
+        """Hold `owner`'s lock (shared: the ranks of one run may all hold it) until `release`."""
+        key = (str(self.root), owner)
+        if key in _CLAIMS:
+            return
+        self.ensure()
+        path = self.root / "_staging" / f".{check_name('owner', owner)}.lock"
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            try:
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    break  # not unlinked by a cleaner between our open and our lock
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        _CLAIMS[key] = fd
+
+    def release(self, owner: str) -> None:
+        fd = _CLAIMS.pop((str(self.root), owner), None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.root / "_staging" / f".{owner}.lock")
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def claimed(self, owner: str) -> Iterator[None]:
+        self.claim(owner)
+        try:
+            yield
+        finally:
+            self.release(owner)
+
+    def _process_owner(self) -> str:
+        global _OWNER
+        if _OWNER is None or _OWNER[0] != os.getpid():
+            _OWNER = (os.getpid(), f"w{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        if (str(self.root), _OWNER[1]) not in _CLAIMS:
+            self.claim(_OWNER[1])
+            import atexit
+
+            atexit.register(self.release, _OWNER[1])
+        return _OWNER[1]
 
     def publish(self, table: str, parts: Mapping[str, object], staged: Path, *, key: str, run_id: str,
                 extra: Mapping[str, object] | None = None) -> Path:
@@ -111,6 +160,11 @@ class Store:
         with self.lock():
             final.parent.mkdir(parents=True, exist_ok=True)
             trash = None
+            if self.is_complete(table, parts, key):
+                # a concurrent run already published the same work: keep it, so nobody
+                # reading that partition sees its files vanish
+                shutil.rmtree(staged, ignore_errors=True)
+                return final
             if final.exists():
                 trash = self.root / "_staging" / f"old-{uuid.uuid4().hex}"
                 os.replace(final, trash)
@@ -122,8 +176,11 @@ class Store:
     def write_partition(self, table: str, parts: Mapping[str, object], data: pa.Table, *, key: str,
                         run_id: str, extra: Mapping[str, object] | None = None) -> Path:
         staged = self.staging()
-        write_parquet(data, staged / f"part-{run_id}.parquet")
-        return self.publish(table, parts, staged, key=key, run_id=run_id, extra=extra)
+        try:
+            write_parquet(data, staged / f"part-{run_id}.parquet")
+            return self.publish(table, parts, staged, key=key, run_id=run_id, extra=extra)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)  # gone already when published
 
     def drop_partition(self, table: str, parts: Mapping[str, object]) -> None:
         final = self.partition_dir(table, parts)
@@ -140,26 +197,69 @@ class Store:
         d.mkdir(parents=True, exist_ok=True)
         final = d / f"run-{check_name('run', run_id)}.parquet"
         tmp = d / f".{final.name}.{uuid.uuid4().hex}.tmp"
-        write_parquet(row, tmp)
-        os.replace(tmp, final)
+        try:
+            write_parquet(row, tmp)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return final
 
     def files(self, table: str) -> list[Path]:
         d = self.table_dir(table)
         return sorted(d.glob("**/*.parquet")) if d.exists() else []
 
-    def clean_staging(self, older_than_s: float = 3600.0) -> None:
-        """Remove what crashed runs left in _staging (never visible to readers)."""
+    def clean_staging(self, older_than_s: float = 3600.0) -> list[str]:
+        """Remove what killed runs left in `_staging` (never visible to readers): entries whose
+        owner's lock nobody holds, and unowned entries (old trash) older than `older_than_s`.
+        A live run's staging is never touched. Returns the names removed."""
         import time
 
         s = self.root / "_staging"
-        if not s.exists():
-            return
+        if not s.is_dir():
+            return []
+        removed: list[str] = []
         now = time.time()
-        for p in s.iterdir():
+        for p in sorted(s.iterdir()):
+            if p.name.startswith("."):
+                continue
+            owner = p.name.split(".", 1)[0]
+            lock = s / f".{owner}.lock"
             with contextlib.suppress(OSError):
-                if now - p.stat().st_mtime > older_than_s:
-                    shutil.rmtree(p, ignore_errors=True)
+                if lock.exists():
+                    if _held(lock):
+                        continue
+                elif now - p.stat().st_mtime <= older_than_s:
+                    continue
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+                removed.append(p.name)
+        for lock in s.glob(".*.lock"):  # locks of dead owners whose staging is gone
+            with contextlib.suppress(OSError):
+                fd = os.open(lock, os.O_RDWR)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    lock.unlink()
+                except BlockingIOError:
+                    pass
+                finally:
+                    os.close(fd)
+        return removed
+
+
+_CLAIMS: dict[tuple[str, str], int] = {}
+_OWNER: tuple[int, str] | None = None
+
+
+def _held(lock: Path) -> bool:
+    """Whether a live process holds `lock` (a dead one's lock is free)."""
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def write_parquet(table: pa.Table, path: Path) -> None:
@@ -172,4 +272,6 @@ def write_parquet(table: pa.Table, path: Path) -> None:
         finally:
             os.close(fd)
     except OSError as e:
-        raise StoreError(f"cannot write {path.name}: {e.strerror or e}") from None
+        m = re.search(r"\[errno (\d+)\]", str(e))
+        why = e.strerror or (os.strerror(int(m.group(1))) if m else str(e).splitlines()[0])
+        raise StoreError(f"cannot write to the store at {path.parent}: {why}") from None

@@ -1,6 +1,8 @@
 """Reading partitions back as arrays: the scoring and ablation stages stream layer by layer."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,14 +19,21 @@ def layers_stored(store: Store, model: str, concept: str) -> list[int]:
 
 def read_table(store: Store, table: str, parts: dict) -> pa.Table:
     d = store.partition_dir(table, parts)
-    files = sorted(d.glob("*.parquet"))
-    if not files:
-        raise StoreError(f"no {table} stored for {', '.join(f'{k}={v}' for k, v in parts.items())}")
-    try:
-        return pa.concat_tables([pq.read_table(f) for f in files])
-    except (pa.ArrowException, OSError) as e:
-        raise StoreError(f"corrupt {table} partition {d.relative_to(store.root)}: "
-                         f"{str(e).splitlines()[0]}") from None
+    for attempt in range(5):
+        files = sorted(d.glob("*.parquet"))
+        if not files:
+            raise StoreError(f"no {table} stored for {', '.join(f'{k}={v}' for k, v in parts.items())}")
+        try:
+            return pa.concat_tables([pq.read_table(f) for f in files])
+        except FileNotFoundError:
+            if attempt == 4:
+                raise StoreError(f"{table} partition {d.relative_to(store.root)} keeps being "
+                                 "replaced by another run; try again") from None
+            time.sleep(0.05 * (attempt + 1))  # a concurrent run replaced it: read the new one
+        except (pa.ArrowException, OSError) as e:
+            raise StoreError(f"corrupt {table} partition {d.relative_to(store.root)}: "
+                             f"{str(e).splitlines()[0]}") from None
+    raise AssertionError("unreachable")
 
 
 def read_layer(store: Store, model: str, concept: str, layer: int) -> tuple[np.ndarray, np.ndarray]:
