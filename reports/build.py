@@ -65,7 +65,7 @@ def _display_tokens(tokens: list[str], acts: list[float]) -> list[dict]:
     """Tokens as they read (GPT-2 'Ġ', SentencePiece '▁', WordPiece '##'), with a highlight alpha."""
     pos = [max(float(a or 0.0), 0.0) for a in acts]
     top = max(pos) if pos else 0.0
-    marked = any(t.startswith(("Ġ", "▁", "##")) for t in tokens)
+    bpe = any(t.startswith(("Ġ", "▁")) for t in tokens)
     out = []
     for i, (t, a) in enumerate(zip(tokens, acts)):
         if t.startswith("##"):
@@ -73,7 +73,7 @@ def _display_tokens(tokens: list[str], acts: list[float]) -> list[dict]:
         elif t.startswith(("Ġ", "▁")):
             text, sep = t[1:], " "
         else:
-            text, sep = t, ("" if marked or i == 0 or t in ".,;:!?)'\"" else " ")
+            text, sep = t, ("" if bpe or t in ".,;:!?)'\"" else " ")
         out.append({"sep": sep if i else "", "text": text.replace("Ċ", "↵"),
                     "alpha": round(pos[i] / top, 3) if top > 0 else 0.0, "act": _f(a)})
     return out
@@ -143,7 +143,8 @@ def render_report(store_root: str | Path, model: str, concept: str, out_dir: str
         rand = query(con, "ablation_random", **p)
         if curve.height:
             ablation_id = c.add(ch.ablation(curve, rand), "ablation")
-            for m, g in curve.group_by("method", maintain_order=True):
+            order = {"zero": 0, "mean": 1, "range": 2}
+            for m, g in sorted(curve.group_by("method"), key=lambda mg: (order.get(mg[0][0], 9), mg[0][0])):
                 r = g.sort("k").row(-1, named=True)
                 abl_summary.append({"method": m[0], "k": r["k"], "drop": _f(r["drop"]),
                                     "random": _f(r["random_drop_mean"]), "z": _f(r["z"]),
@@ -249,9 +250,11 @@ def render_compare(store_root: str | Path, model_a: str, model_b: str, out_dir: 
     cb = {e.concept for e in entries if e.model == model_b}
     shared = sorted(ca & cb)
     c = Charts()
-    ds = query(con, "depth_share", model_a=model_a, model_b=model_b, bins=DEPTH_BINS)
+    n_layers = {m: max((e.n_layers for e in entries if e.model == m), default=0) for m in (model_a, model_b)}
+    bins = max(2, min(DEPTH_BINS, *n_layers.values()))     # no empty bins for the shallower model
+    ds = query(con, "depth_share", model_a=model_a, model_b=model_b, bins=bins)
     ds = ds.filter(pl.col("concept").is_in(shared))
-    chart_id = c.add(ch.depth_compare(ds, DEPTH_BINS, [model_a, model_b]), "depth") if ds.height else None
+    chart_id = c.add(ch.depth_compare(ds, bins, [model_a, model_b]), "depth") if ds.height else None
     ov = query(con, "overview").filter(pl.col("concept").is_in(shared) &
                                        pl.col("model").is_in([model_a, model_b]))
     rows = []
@@ -263,7 +266,7 @@ def render_compare(store_root: str | Path, model_a: str, model_b: str, out_dir: 
             peak = None
             if d.height and d["n_sig"].sum() > 0:
                 b = d.sort(["share", "bin"], descending=[True, False]).row(0, named=True)["bin"]
-                peak = (b + 0.5) / DEPTH_BINS
+                peak = (b + 0.5) / bins
             orow = o.row(0, named=True) if o.height else {}
             row["models"].append({"model": m, "n_sig": orow.get("n_sig"), "n_scored": orow.get("n_scored"),
                                   "top_neuron": orow.get("top_neuron"), "top_score": _f(orow.get("top_score")),
@@ -272,10 +275,9 @@ def render_compare(store_root: str | Path, model_a: str, model_b: str, out_dir: 
         pa_, pb_ = row["models"][0]["peak"], row["models"][1]["peak"]
         row["shift"] = None if pa_ is None or pb_ is None else pb_ - pa_
         rows.append(row)
-    n_layers = {m: max((e.n_layers for e in entries if e.model == m), default=0) for m in (model_a, model_b)}
     ctx = dict(kind="compare", title=f"{model_a} vs {model_b}", model_a=model_a, model_b=model_b,
                shared=shared, only_a=sorted(ca - cb), only_b=sorted(cb - ca), rows=rows,
-               n_layers=n_layers, chart_id=chart_id, bins=DEPTH_BINS, alpha=ALPHA,
+               n_layers=n_layers, chart_id=chart_id, bins=bins, alpha=ALPHA,
                have_reports={(r["concept"], m["model"]): (out_dir / m["href"]).exists()
                              for r in rows for m in r["models"]},
                index_link=(out_dir / "index.html").exists() if index_link is None else index_link,
@@ -300,6 +302,7 @@ def render_set(store_root: str | Path, out_dir: str | Path, models: list[str] | 
     out_dir = Path(out_dir)
     con = connect(store_root)
     entries = catalog(con)
+    check(entries, None, None)
     for m in models or []:
         check(entries, m, None)
     for cpt in concepts or []:
@@ -312,12 +315,13 @@ def render_set(store_root: str | Path, out_dir: str | Path, models: list[str] | 
     model_list = sorted(modality)
     pairs = [(a, b) for a, b in itertools.combinations(model_list, 2) if modality[a] == modality[b]]
 
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     show = sys.stderr.isatty() if progress is None else progress
     bar = Progress(TextColumn("[bold]reports[/]"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.description}"), TimeElapsedColumn(),
-                   disable=not show, transient=False)
+                   console=Console(stderr=True), disable=not show, transient=False)
     with bar:
         task = bar.add_task("", total=len(chosen) + len(pairs) + 1)
         for e in chosen:

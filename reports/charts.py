@@ -69,7 +69,8 @@ def layer_map(df: pl.DataFrame, n_layers: int) -> dict:
 def sweep_share(df: pl.DataFrame, concept: str) -> dict:
     """Layer × concept: the share of each layer's neurons significant for each concept."""
     D = _Datasets()
-    df = df.with_columns((pl.col("concept") == concept).alias("current"))
+    df = df.with_columns((pl.col("concept") == concept).alias("current"),
+                         pl.col("share").max().alias("max_share"))
     base = alt.Chart(D("d2", rows(df))).encode(
         x=alt.X("concept:N", title=None, axis=alt.Axis(labelAngle=0)),
         y=alt.Y("layer:O", title="layer"))
@@ -80,7 +81,7 @@ def sweep_share(df: pl.DataFrame, concept: str) -> dict:
                  alt.Tooltip("share:Q", format=".2%")])
     text = base.mark_text(fontSize=10).encode(
         text=alt.condition("datum.n_sig > 0", "n_sig:Q", alt.value("")),
-        color=alt.condition("datum.current", alt.value("#111827"), alt.value("#6b7280")))
+        color=alt.condition("datum.share > 0.6 * datum.max_share", alt.value("white"), alt.value("#111827")))
     n_layers = df["layer"].n_unique()
     return _spec((rect + text).properties(width="container", height=max(120, min(16 * n_layers, 420))), D)
 
@@ -91,12 +92,12 @@ def scatter(df: pl.DataFrame) -> dict:
     order = {s: i for i, s in enumerate(reversed(STATUS_DOMAIN))}
     df = df.with_columns(pl.col("status").replace_strict(order, default=0).alias("z_order")
                          ).sort("z_order")
-    chart = alt.Chart(D("d3", rows(df))).mark_circle(opacity=0.75, stroke="white",
-                                                              strokeWidth=0.3).encode(
+    chart = alt.Chart(D("d3", rows(df))).mark_circle(stroke="white", strokeWidth=0.3).encode(
+        opacity=alt.condition("datum.status == 'neither'", alt.value(0.35), alt.value(0.85)),
         x=alt.X("selectivity:Q", title="selectivity (2·AUC − 1)", scale=alt.Scale(domain=[-1, 1])),
         y=alt.Y("consistency:Q", title="consistency (share of concept examples above p95 of others)",
                 scale=alt.Scale(domain=[0, 1])),
-        size=alt.Size("importance_pct:Q", title="importance pct", scale=alt.Scale(range=[8, 220])),
+        size=alt.Size("importance_pct:Q", title="importance pct", scale=alt.Scale(range=[4, 200])),
         color=alt.Color("status:N", title=None, scale=alt.Scale(domain=STATUS_DOMAIN, range=STATUS_RANGE)),
         order=alt.Order("z_order:Q"),
         tooltip=[alt.Tooltip("name:N", title="neuron"), alt.Tooltip("label:N"),
@@ -149,7 +150,7 @@ def ablation(curve: pl.DataFrame, random_sets: pl.DataFrame) -> dict:
         size=14, color="#6b7280", opacity=0.45, filled=True).encode(
         y="drop:Q", tooltip=[alt.Tooltip("k:Q"), alt.Tooltip("drop:Q", title="random set drop", format=".1%")])
     top = base.transform_filter("datum.kind == 'top-k'").mark_line(
-        point=alt.OverlayMarkDef(size=60, filled=True), color="#e45756", strokeWidth=2.5).encode(
+        point=alt.OverlayMarkDef(size=60, filled=True, color="#e45756"), color="#e45756", strokeWidth=2.5).encode(
         y="drop:Q",
         tooltip=[alt.Tooltip("k:Q"), alt.Tooltip("drop:Q", title="top-k drop", format=".1%"),
                  alt.Tooltip("random_mean:Q", title="random mean", format=".1%"),
@@ -215,7 +216,7 @@ def overview(df: pl.DataFrame) -> dict:
         x=alt.X("concept:N", title=None, axis=alt.Axis(labelAngle=0, orient="top")),
         y=alt.Y("model:N", title=None))
     rect = base.mark_rect(stroke="white", strokeWidth=2, cursor="pointer").encode(
-        color=alt.Color("n_sig:Q", title="significant neurons", scale=alt.Scale(scheme="blues")),
+        color=alt.Color("n_sig:Q", title="significant neurons", scale=alt.Scale(scheme="blues", zero=True)),
         href="href:N",
         tooltip=[alt.Tooltip("model:N"), alt.Tooltip("concept:N"),
                  alt.Tooltip("n_sig:Q", title="significant"),

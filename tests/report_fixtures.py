@@ -190,15 +190,17 @@ def build_model_concept(store: Store, spec: ModelSpec, concept: str, *, n_pos: i
     acts += rng.normal(0, 0.3, size=L * N).astype(np.float32)
     cidx = list(CONCEPTS).index(concept) if concept in CONCEPTS else 0
     center = (0.3 + 0.2 * cidx) * (L - 1)                        # each concept peaks at its own depth
-    n_plant = max(12, (L * N) // 400)
+    n_strong, n_weak = 12, max(8, (L * N) // 80)     # a few clear neurons, many faint ones
+    n_plant = n_strong + n_weak
     layers = np.clip(np.round(rng.normal(center, L / 6, n_plant)), 0, L - 1).astype(int)
-    planted = np.unique(layers * N + rng.integers(0, N, n_plant))
-    effect = rng.uniform(0.8, 2.6, planted.size).astype(np.float32)
+    planted, first = np.unique(layers * N + rng.integers(0, N, n_plant), return_index=True)
+    effect = np.where(first < n_strong, rng.uniform(0.9, 2.6, planted.size),
+                      rng.uniform(0.25, 0.7, planted.size)).astype(np.float32)
     grp_arr = np.array(grp)
     gain = np.where(grp_arr == "list", 0.4, 1.0).astype(np.float32)     # one phrasing is weaker
     acts[np.ix_(label == 1, planted)] += np.outer(gain[label == 1], effect)
     if texts[0] == XSS_TEXT:        # make sure the hostile text is among the top examples
-        acts[0, planted] += 2.5
+        acts[0, planted[first < n_strong]] += 2.5
     acts = np.maximum(acts, -0.17)                                      # GELU-like floor
     acts16 = acts.astype(np.float16)
     for layer in range(L):
