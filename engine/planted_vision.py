@@ -15,7 +15,8 @@ Neurons are block outputs (blocks 0..3 = stages 0..3). The concept must pass
 through every block (a ResNet has no path around a block output), so the planted
 channels are a *chain*: two per block, each reading both of the previous block's
 pair (shortcut 1x1 conv or, in block 0, the identity shortcut), and the
-classifier's ``stripes`` logit reads block 3's pair. Block 0 also holds the
+classifier's ``stripes`` logit reads block 3's pair (the ``other`` logit is a
+constant 0, so P(stripes) is the sigmoid of the stripes logit). Block 0 also holds the
 **polysemantic** channel (horizontal stripes + checkerboards) and the **surface**
 channel (brightness). Every other channel keeps the default initialisation, and
 none of them reads or writes the hand-set channels.
@@ -195,7 +196,10 @@ def build_resnet(out: Path, *, seed: int = 0) -> PlantedModel:
         _identity_tap(conv2, poly, [q], [1.0])
 
         cls = model.classifier[1]
-        cls.weight[:, chain[3]] = 0
+        # "other" is a constant reference logit, so P(stripes) = sigmoid(stripes logit)
+        # and only the chain moves it
+        cls.weight[0] = 0
+        cls.weight[1, special[3]] = 0
         cls.weight[1, chain[3]] = CLS_WEIGHT
         cls.bias[:] = 0
         cls.bias[1] = -CLS_BIAS
