@@ -202,6 +202,9 @@ def _cards(con, c: Charts, model: str, concept: str, entry: Entry, top: list[dic
         tops = query(con, "top_examples", layers=layers, neurons=neurons, n=5, **p)
     elif have_acts:
         tops = query(con, "top_pooled", n=6 if entry.modality == "vision" else 5)
+        if entry.modality == "vision":
+            notes["cards_top"] = ("The store holds pooled activations, not spatial maps: each card shows "
+                                  "the images with the highest pooled activation of the channel.")
         if entry.modality == "text":
             notes["cards_top"] = ("No token-level top examples are stored for this concept: each card "
                                   "shows the probe examples with the highest pooled activation instead.")

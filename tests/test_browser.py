@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report_fixtures import XSS_TEXT, build_store  # noqa: E402
+from report_fixtures import XSS_TEXT, ModelSpec, build_store, default_models  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -208,7 +208,9 @@ def report_set(tmp_path_factory):
     from neurolens.reports import render_set
 
     root = tmp_path_factory.mktemp("browser")
-    build_store(root / "store")
+    models = default_models() + [ModelSpec("resnet18", 4, 64, modality="vision", concepts=["stripes"],
+                                           top_examples=False)]
+    build_store(root / "store", models, image_dir=root / "images")
     index = render_set(root / "store", root / "reports", progress=False)
     return index.parent
 
@@ -224,7 +226,7 @@ def browser(tmp_path_factory):
         shutil.rmtree(tmp_path_factory.getbasetemp() / "chromium-profile0", ignore_errors=True)
 
 
-PAGES = ["gpt2__royalty.html", "bert-base-uncased__negation.html",
+PAGES = ["gpt2__royalty.html", "bert-base-uncased__negation.html", "resnet18__stripes.html",
          "compare__bert-base-uncased__vs__gpt2.html", "index.html"]
 
 
@@ -247,6 +249,9 @@ def test_page_renders_offline(report_set, browser, page, tmp_path):
     w, h, colours = png_stats(shot)
     assert w == 1280 and h > 400
     assert colours > 8, "the screenshot looks blank"
+    if page.startswith("resnet18"):
+        assert browser.eval("Array.from(document.querySelectorAll('.thumbs img')).every(i => i.complete && i.naturalWidth > 0)")
+        assert browser.eval("document.querySelectorAll('.thumbs img').length") > 0
 
 
 def test_probe_text_is_shown_not_run(report_set, browser):

@@ -166,6 +166,7 @@ def test_safe_json():
 
 def test_vision_report_shows_thumbnails(report_set):
     page = _page(report_set, "resnet18__stripes.html")
+    assert "not spatial maps" in page
     thumbs = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert thumbs
     import base64

@@ -2,4 +2,4 @@
 SELECT layer, neuron, method, drop, z, off_target_drop, base_conf, ablated_conf, n_examples
 FROM ablations
 WHERE model = $model AND concept = $concept AND mode = 'single'
-ORDER BY layer, neuron, method;
+ORDER BY layer, neuron, CASE method WHEN 'zero' THEN 0 WHEN 'mean' THEN 1 WHEN 'range' THEN 2 ELSE 3 END, method;
