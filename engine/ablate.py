@@ -1,0 +1,232 @@
+"""Causal ablation of the top concept neurons, against random-neuron controls (DESIGN: "Ablation").
+
+For the top-k neurons of a model × concept (by `rank` in the scores table) and each
+method (`zero`, `mean`, `range`), the pipeline measures on the **test** split:
+
+* ``single``: each top neuron alone, compared with ``n_random`` random single neurons
+  of the same layer;
+* ``cumulative``: the top-1..j neurons together for j = 1..k, compared with
+  ``n_random`` random sets of j neurons with the same layer multiset;
+* ``random``: the control sets themselves, one row each.
+
+The random sets are nested: draw r is a random ordering whose i-th neuron comes from
+the layer of the i-th top neuron, and its first j neurons are the size-j control. So
+every size j has ``n_random`` exchangeable controls with exactly the top set's layers,
+for the cost of n_random·k ablations, and no top-k neuron is ever in a control. The
+same random sets serve every method, so methods differ only in what is written.
+
+``drop`` = (base − ablated)/base of the mean confidence over concept test examples;
+``off_target_drop`` the same over non-concept test examples; ``z`` = (drop −
+mean random drop)/std random drop (ddof = 1) over the controls of the same size (and
+layer, for single rows). Random rows carry a leave-one-out z against the other
+controls of their size, which shows how often chance alone looks significant.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from neurolens.engine.ablate_batch import (METHODS, Neuron, ablate_sets, base_confidence,
+                                           relative_drop)
+from neurolens.engine.adapters.base import Adapter
+from neurolens.engine.naming import neuron_id
+from neurolens.probes.types import Example, ProbeSet
+from neurolens.store import SCHEMAS, Store, read_layer, read_table
+
+ABLATE_VERSION = 1
+MODES = ("single", "cumulative", "random")
+N_RANDOM = 20
+
+__all__ = ["ABLATE_VERSION", "METHODS", "MODES", "N_RANDOM", "ablate_sets", "base_confidence",
+           "relative_drop", "top_neurons", "neuron_stats", "random_controls", "ablation_rows",
+           "run_ablations", "zscore"]
+
+
+def top_neurons(store: Store, model: str, concept: str, k: int) -> tuple[list[Neuron], pa.Table]:
+    """The top-k (layer, neuron) by rank; when fewer than k pass q < 0.05 the rest are the
+    next best by score. Returns them with the scores table."""
+    t = read_table(store, "scores", {"model": model, "concept": concept})
+    rank = np.array([np.nan if r is None else r for r in t.column("rank").to_pylist()], dtype=float)
+    score = np.nan_to_num(t.column("score").to_numpy(zero_copy_only=False).astype(float), nan=-np.inf)
+    order = np.lexsort((-score, np.where(np.isnan(rank), np.inf, rank)))[:k]
+    lay = t.column("layer").to_numpy()
+    neu = t.column("neuron").to_numpy()
+    return [(int(lay[i]), int(neu[i])) for i in order], t
+
+
+def neuron_stats(store: Store, model: str, probes: ProbeSet, layers: Sequence[int], scores: pa.Table
+                 ) -> tuple[dict[int, np.ndarray], dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """Per layer: the mean pooled activation over non-concept TRAIN examples (from the
+    stored activations), and the concept range [range_lo, range_hi] from the scores."""
+    neg_train = {e.example_id for e in probes.examples if e.label == 0 and e.split == "train"}
+    values, ranges = {}, {}
+    lay = scores.column("layer").to_numpy()
+    neu = scores.column("neuron").to_numpy()
+    lo = scores.column("range_lo").to_numpy(zero_copy_only=False).astype(float)
+    hi = scores.column("range_hi").to_numpy(zero_copy_only=False).astype(float)
+    for l in layers:
+        ids, acts = read_layer(store, model, probes.concept, l)
+        keep = np.isin(ids, np.fromiter(neg_train, dtype=np.int64, count=len(neg_train)))
+        values[l] = acts[keep].astype(np.float64).mean(0)
+        rl = np.full(acts.shape[1], np.inf)
+        rh = np.full(acts.shape[1], -np.inf)
+        sel = lay == l
+        rl[neu[sel]] = lo[sel]
+        rh[neu[sel]] = hi[sel]
+        ranges[l] = (rl, rh)
+    return values, ranges
+
+
+def random_controls(top: Sequence[Neuron], n_neurons: Callable[[int], int], n_random: int, seed: int
+                    ) -> tuple[list[list[Neuron]], dict[int, list[Neuron]]]:
+    """(nested draws, {layer: random single neurons}).
+
+    Draw r is a list of len(top) neurons, the i-th from the layer of top[i], without
+    repetition and never a top neuron; its prefixes are the controls of every size.
+    Singles of the first top neuron's layer are the draws' first elements."""
+    rng = np.random.default_rng(seed)
+    taken: dict[int, set[int]] = {}
+    for l, n in top:
+        taken.setdefault(l, set()).add(n)
+    pools = {l: np.setdiff1d(np.arange(n_neurons(l)), sorted(t)) for l, t in taken.items()}
+    need = {l: sum(1 for x, _ in top if x == l) for l in taken}
+    for l, p in pools.items():
+        if len(p) < need[l]:
+            raise ValueError(f"layer {l} has too few neurons outside the top set for random controls")
+    draws = []
+    for _ in range(n_random):
+        perm = {l: iter(rng.permutation(p)) for l, p in pools.items()}
+        draws.append([(l, int(next(perm[l]))) for l, _ in top])
+    singles: dict[int, list[Neuron]] = {}
+    if top:
+        singles[top[0][0]] = [d[0] for d in draws]
+    for l in sorted(pools):
+        if l not in singles:
+            pick = rng.choice(pools[l], size=min(n_random, len(pools[l])), replace=False)
+            singles[l] = [(l, int(n)) for n in pick]
+    return draws, singles
+
+
+def zscore(drop: float, null: np.ndarray) -> tuple[float, float, float]:
+    """(mean, std, z) of `drop` against the control drops (ddof = 1)."""
+    null = np.asarray(null, dtype=float)
+    mu = float(null.mean()) if null.size else float("nan")
+    sd = float(null.std(ddof=1)) if null.size > 1 else float("nan")
+    if not np.isfinite(sd):
+        z = float("nan")
+    elif sd > 0:
+        z = (drop - mu) / sd
+    else:
+        z = 0.0 if drop == mu else float(np.sign(drop - mu) * np.inf)
+    return mu, sd, float(z)
+
+
+def ablation_rows(method: str, metric: str, top: Sequence[Neuron], draws: Sequence[Sequence[Neuron]],
+                  singles: dict[int, list[Neuron]], drops: dict[tuple, tuple[float, float, float, float]],
+                  n_examples: int) -> list[dict]:
+    """Rows of the ablations table for one method. `drops[set key]` =
+    (base_conf, ablated_conf, drop, off_target_drop) measured for that set."""
+    key = lambda s: tuple(sorted(s))  # noqa: E731
+    rows = []
+
+    def row(mode, s, k, layer, neuron, null=None, loo=False):
+        base, abl, drop, off = drops[key(s)]
+        mu = sd = z = None
+        if null is not None:
+            mu, sd, z = zscore(drop, null)
+        rows.append(dict(method=method, mode=mode, k=k, layer=layer, neuron=neuron, metric=metric,
+                         base_conf=base, ablated_conf=abl, drop=drop, random_drop_mean=mu,
+                         random_drop_std=sd, z=z, off_target_drop=off, n_examples=n_examples,
+                         neurons=[neuron_id(l, n) for l, n in s]))
+
+    single_null = {l: np.array([drops[key([x])][2] for x in xs]) for l, xs in singles.items()}
+    for l, n in top:
+        row("single", [(l, n)], 1, l, n, single_null[l])
+    for j in range(1, len(top) + 1):
+        null = np.array([drops[key(d[:j])][2] for d in draws])
+        l, n = top[j - 1]
+        row("cumulative", list(top[:j]), j, l, n, null)
+        for r, d in enumerate(draws):
+            others = np.delete(null, r)
+            dl, dn = d[j - 1]
+            row("random", list(d[:j]), j, dl, dn, others)
+    for l, xs in singles.items():
+        if l == top[0][0]:
+            continue            # already rows: the size-1 prefixes above
+        others_all = single_null[l]
+        for r, (xl, xn) in enumerate(xs):
+            row("random", [(xl, xn)], 1, xl, xn, np.delete(others_all, r))
+    return rows
+
+
+def run_ablations(adapter: Adapter, probes: ProbeSet, store: Store, *, top_k: int = 10, seed: int = 0,
+                  batch_size: int = 32, key: str, run_id: str, confidence=None, bars=None,
+                  methods: Sequence[str] = METHODS, n_random: int = N_RANDOM,
+                  replicas: int | None = None) -> pa.Table:
+    """Ablate the top-k neurons (every method × mode) and publish the `ablations` partition."""
+    from neurolens.engine.confidence import Confidence
+
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ValueError(f"unknown ablation method {bad[0]!r}; choose from {', '.join(METHODS)}")
+    if n_random < 2:
+        raise ValueError("n_random must be at least 2 to estimate a spread")
+    parts = {"model": adapter.name, "concept": probes.concept}
+    conf = confidence or Confidence(adapter, probes.examples, batch_size=batch_size)
+    top, scores = top_neurons(store, adapter.name, probes.concept, top_k)
+    schema = SCHEMAS["ablations"]
+    if not top:
+        table = schema.empty_table()
+        store.write_partition("ablations", parts, table, key=key, run_id=run_id)
+        return table
+    test = [e for e in probes.examples if e.split == "test"]
+    pos = np.array([e.label == 1 for e in test])
+    draws, singles = random_controls(top, adapter.n_neurons, n_random, seed)
+    # every distinct set once: top singles, top prefixes, control prefixes, control singles
+    uniq: dict[tuple, list[Neuron]] = {}
+    for s in ([[x] for x in top] + [top[:j] for j in range(1, len(top) + 1)]
+              + [d[:j] for d in draws for j in range(1, len(top) + 1)]
+              + [[x] for xs in singles.values() for x in xs]):
+        uniq.setdefault(tuple(sorted(s)), list(s))
+    sets = list(uniq.values())
+    layers = sorted({l for l, _ in top})
+    values = ranges = None
+    if any(m in ("mean", "range") for m in methods):
+        values, ranges = neuron_stats(store, adapter.name, probes, layers, scores)
+    bs = max(1, batch_size // 2)
+    total = len(test) * (1 + len(methods))
+    rows: list[dict] = []
+    stage = bars.stage("ablate", total) if bars is not None else _null_stage()
+    with stage as tick:
+        base = base_confidence(adapter, conf, test, batch_size=bs)
+        tick(len(test))
+        for method in methods:
+            abl = ablate_sets(adapter, conf, test, sets, method=method, values=values, ranges=ranges,
+                              batch_size=bs, replicas=replicas, progress=tick)
+            drops = {}
+            on = relative_drop(base[pos], abl[:, pos])
+            off = relative_drop(base[~pos], abl[:, ~pos])
+            for i, s in enumerate(sets):
+                drops[tuple(sorted(s))] = (float(base[pos].mean()), float(abl[i, pos].mean()),
+                                           float(on[i]), float(off[i]))
+            rows += ablation_rows(method, conf.metric, top, draws, singles, drops, int(pos.sum()))
+    for r in rows:
+        r["run_id"] = run_id
+    table = pa.Table.from_pylist(rows, schema=schema)
+    store.write_partition("ablations", parts, table, key=key, run_id=run_id)
+    return table
+
+
+class _null_stage:
+    def __enter__(self):
+        return lambda n: None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def ablation_examples(probes: ProbeSet) -> list[Example]:
+    """The examples ablation is measured on: the test split."""
+    return [e for e in probes.examples if e.split == "test"]
