@@ -43,6 +43,8 @@ MAX_CLUSTER = 1500      # neurons clustered directly; the rest join the nearest 
 FAMILY_CUT = 0.2        # average-linkage distance at which the family tree is cut
 PROFILE_WEIGHT = 0.6    # family distance = w · profile distance + (1 − w) · activation distance
 RIDGE = 1e-3
+LABEL_MIN_SEL = 0.3     # further concepts are named in the label text from this selectivity
+LABEL_MAX_CONCEPTS = 3  # (all significant concepts are listed in `concepts`)
 _WORD = re.compile(r"\w+|[^\w\s]")
 
 Tick = Callable[[int], None]
@@ -534,12 +536,16 @@ def _label_texts(ev: Evidence, primary: np.ndarray, strong: np.ndarray,
     ranked = cnames[order]                                                        # [n, c]
     svals = np.take_along_axis(ev.sel, order, axis=1)
     keep = svals > 0
+    rank = np.arange(svals.shape[1])[None, :]
+    named = keep & ((rank == 0) | (svals >= LABEL_MIN_SEL)) & (rank < LABEL_MAX_CONCEPTS)
     df = pl.DataFrame({
         "j": np.repeat(np.arange(ev.sel.shape[0]), ev.sel.shape[1])[keep.ravel()],
         "concept": ranked.ravel()[keep.ravel()].astype(str),
         "s": svals.ravel()[keep.ravel()],
+        "named": named.ravel()[keep.ravel()],
     }).with_columns(part=pl.format("{} (S={})", "concept", pl.col("s").round(2).cast(pl.String)))
-    agg = df.group_by("j", maintain_order=True).agg(pl.col("concept"), pl.col("part"))
+    agg = df.group_by("j", maintain_order=True).agg(pl.col("concept"),
+                                                    pl.col("part").filter(pl.col("named")))
     agg = agg.sort("j")
     cols = {f"{name}{i}": pl.Series(a[:, i].tolist(), dtype=pl.String)
             for name, a in (("s", strong), ("w", weak)) for i in range(a.shape[1])}
