@@ -237,7 +237,7 @@ def gather_evidence(store: Store, model: str, concepts: Sequence[str], alpha: fl
     sig = sig.filter(pl.col("concept").is_in(list(concepts)))
     if sig.height == 0:
         return None
-    concepts = sorted(set(sig["concept"].to_list()))
+    concepts = sorted(concepts)
     cidx = {c: i for i, c in enumerate(concepts)}
     layer = sig["layer"].to_numpy().astype(np.int64)
     neuron = sig["neuron"].to_numpy().astype(np.int64)
@@ -466,16 +466,40 @@ def build_labels(store: Store, model: str, concepts: Sequence[str], *, run_id: s
     ev = gather_evidence(store, model, concepts, alpha)
     if ev is None:
         return None
-    n, c = ev.sel.shape
     primary = np.argmax(ev.sel, axis=1)
-    members = np.argsort(-ev.sel.max(1), kind="stable")[:MAX_CLUSTER]
-    members.sort()
+    members = np.sort(np.argsort(-ev.sel.max(1), kind="stable")[:MAX_CLUSTER])
+    expl, strong, weak, corr = _passes(store, model, ev, primary=primary, members=members)
+    fam = families(ev, corr, members)
+    poly = polysemantic(ev, related_concepts(store, model, ev.concepts))
+    n = ev.layer.size
+    labels, concept_lists = _label_texts(ev, primary, strong, weak)
+    schema = SCHEMAS["labels"]
+    return pa.Table.from_pydict({
+        "layer": ev.layer.astype(np.int32), "neuron": ev.neuron.astype(np.int32),
+        "family": fam.tolist(), "label": labels, "top_tokens": ev.tokens,
+        "concepts": concept_lists, "polysemantic": poly, "explanation_score": expl,
+        "run_id": [run_id] * n,
+    }, schema=schema)
 
+
+def explanation_scores(store: Store, model: str, ev: Evidence) -> np.ndarray:
+    """[n] the explanation score of each label in `ev` for its neuron (see `Simulation`).
+    Any (neuron, label) pairs can be scored, e.g. a label against the wrong neuron."""
+    return _passes(store, model, ev)[0]
+
+
+def _passes(store: Store, model: str, ev: Evidence, *, primary: np.ndarray | None = None,
+            members: np.ndarray | None = None):
+    """One pass over every concept's stored activations: explanation scores; with `primary`,
+    the strongest and weakest groups of each neuron's main concept; with `members`, the
+    activation correlation of those neurons over all examples (None where not every layer
+    was extracted for every concept)."""
+    n = ev.layer.size
     sim = Simulation(n)
     weak = np.full((n, 2), None, dtype=object)      # weakest groups of the main concept
     strong = np.full((n, 3), None, dtype=object)    # strongest groups (named when no tokens)
-    s1 = np.zeros(members.size)
-    s2 = np.zeros((members.size, members.size))
+    m = 0 if members is None else members.size
+    s1, s2 = np.zeros(m), np.zeros((m, m))
     n_rows, corr_ok = 0, True
     tok_lists = [ev.tokens[j] for j in ev.with_tokens]
     for ci, concept in enumerate(ev.concepts):
@@ -488,42 +512,32 @@ def build_labels(store: Store, model: str, concepts: Sequence[str], *, run_id: s
         if ev.with_tokens.size:
             ft[:, ev.with_tokens] = token_matrix(cd.words, tok_lists)
         sim.add(ft, fc, cd.acts, cd.test, cd.valid)
-        # group profile of the neurons whose main concept this is
-        mine = np.flatnonzero((primary == ci) & cd.valid)
-        if mine.size and (cd.label == 1).any() and (cd.label == 0).any():
-            share, mean = group_profile(ConceptData(**{**cd.__dict__, "acts": cd.acts[:, mine]}))
-            garr = np.array(cd.groups, dtype=object)
-            lo = np.argsort(share, axis=0, kind="stable")[:2]                     # [≤2, m]
-            is_weak = np.take_along_axis(share, lo, 0) < 0.5 * share.mean(0)[None]
-            weak[mine[:, None], np.arange(lo.shape[0])[None]] = np.where(is_weak, garr[lo], None).T
-            hi = np.argsort(-mean, axis=0, kind="stable")[:3]
-            strong[mine[:, None], np.arange(hi.shape[0])[None]] = garr[hi].T
-        # activation correlation of the clustered neurons, over all concepts' examples
-        if cd.valid[members].all():
-            a = cd.acts[:, members].astype(np.float64)
-            s1 += a.sum(0)
-            s2 += a.T @ a
-            n_rows += a.shape[0]
-        else:
-            corr_ok = False
+        if primary is not None:     # group profile of the neurons whose main concept this is
+            mine = np.flatnonzero((primary == ci) & cd.valid & ev.sig[:, ci])
+            if mine.size and (cd.label == 1).any() and (cd.label == 0).any():
+                share, mean = group_profile(ConceptData(**{**cd.__dict__, "acts": cd.acts[:, mine]}))
+                garr = np.array(cd.groups, dtype=object)
+                lo = np.argsort(share, axis=0, kind="stable")[:2]                 # [<=2, k]
+                is_weak = np.take_along_axis(share, lo, 0) < 0.5 * share.mean(0)[None]
+                weak[mine[:, None], np.arange(lo.shape[0])[None]] = np.where(is_weak, garr[lo], None).T
+                hi = np.argsort(-mean, axis=0, kind="stable")[:3]
+                strong[mine[:, None], np.arange(hi.shape[0])[None]] = garr[hi].T
+        if m:                       # activation correlation of the clustered neurons
+            if cd.valid[members].all():
+                a = cd.acts[:, members].astype(np.float64)
+                s1 += a.sum(0)
+                s2 += a.T @ a
+                n_rows += a.shape[0]
+            else:
+                corr_ok = False
     corr = None
-    if corr_ok and n_rows > 2 and members.size > 1:
+    if m > 1 and corr_ok and n_rows > 2:
         mu = s1 / n_rows
         cov = s2 / n_rows - np.outer(mu, mu)
         sd = np.sqrt(np.maximum(np.diag(cov), 1e-12))
         corr = np.nan_to_num(cov / np.outer(sd, sd), nan=0.0)
         np.fill_diagonal(corr, 1.0)
-    fam = families(ev, corr, members)
-    poly = polysemantic(ev, related_concepts(store, model, ev.concepts))
-    expl = sim.scores()
-    labels, concept_lists = _label_texts(ev, primary, strong, weak)
-    schema = SCHEMAS["labels"]
-    return pa.Table.from_pydict({
-        "layer": ev.layer.astype(np.int32), "neuron": ev.neuron.astype(np.int32),
-        "family": fam.tolist(), "label": labels, "top_tokens": ev.tokens,
-        "concepts": concept_lists, "polysemantic": poly, "explanation_score": expl,
-        "run_id": [run_id] * n,
-    }, schema=schema)
+    return sim.scores(), strong, weak, corr
 
 
 def _label_texts(ev: Evidence, primary: np.ndarray, strong: np.ndarray,
@@ -568,4 +582,5 @@ def _label_texts(ev: Evidence, primary: np.ndarray, strong: np.ndarray,
 
 
 __all__ = ["run_labels", "label_model", "top_examples", "build_labels", "model_concepts",
+           "explanation_scores", "Evidence", "gather_evidence",
            "LABEL_VERSION"]
