@@ -146,9 +146,11 @@ def _token_traces(adapter, examples, want: dict[int, np.ndarray], batch_size: in
 
 # -- the label stage -----------------------------------------------------------------------------
 def run_labels(adapter, probes: ProbeSet, store: Store, *, top_k: int = 10, run_id: str, key: str,
-               batch_size: int = 32, bars=None, n_examples: int = TOP_EXAMPLES) -> pa.Table | None:
+               batch_size: int = 32, bars=None, n_examples: int = TOP_EXAMPLES,
+               relabel: bool = True) -> pa.Table | None:
     """Write `top_examples` for this model × concept (skipped when already there for the same
-    scores), then recompute `labels` for the whole model from every concept in the store."""
+    scores), then recompute `labels` for the whole model from every concept in the store
+    (a sweep passes relabel=False and calls `label_model` once per model at the end)."""
     n_neurons = max(int(top_k), TOP_NEURONS)
     parts = {"model": adapter.name, "concept": probes.concept}
     tkey = f"t{LABEL_VERSION}:{n_neurons}:{n_examples}:{key}"
@@ -159,7 +161,7 @@ def run_labels(adapter, probes: ProbeSet, store: Store, *, top_k: int = 10, run_
             tab = top_examples(adapter, probes, store, run_id=run_id, n_neurons=n_neurons,
                                n_examples=n_examples, batch_size=batch_size, progress=tick)
             store.write_partition("top_examples", parts, tab, key=tkey, run_id=run_id)
-        out = label_model(store, adapter.name, run_id=run_id)
+        out = label_model(store, adapter.name, run_id=run_id) if relabel else None
         tick(1)
     return out
 

@@ -41,6 +41,7 @@ class RunConfig:
     top_k: int = 10
     importance: bool = True
     report: bool = True
+    relabel: bool = True   # rebuild the model's labels now (a sweep does it once at the end)
     out: str | None = None
 
 
@@ -200,7 +201,7 @@ def _label(adapter, probes, store, cfg, run_id, skey, bars, res) -> None:
     except ImportError:
         return
     label.run_labels(adapter, probes, store, top_k=cfg.top_k, run_id=run_id, key=skey,
-                     batch_size=cfg.batch_size, bars=bars)
+                     batch_size=cfg.batch_size, bars=bars, relabel=cfg.relabel)
 
 
 def top_neurons(store: Store, model: str, concept: str, k: int) -> pa.Table:
