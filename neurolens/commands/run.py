@@ -70,5 +70,5 @@ def run(args: argparse.Namespace) -> int:
     if res.skipped:
         console.print(f"reused from the store: {', '.join(res.skipped)}")
     if res.report:
-        console.print(f"report: {res.report}")
+        console.print(f"report: {res.report}", soft_wrap=True, highlight=False)
     return 0
