@@ -3,14 +3,19 @@
 The recipe (identical for the three, only module paths differ):
 
 * A few residual dimensions are *reserved*: nothing random reads or writes them.
+  Two of them hold a constant +-K anchor (from the position embeddings) and every
+  channel has a mirror written with the opposite sign, so LayerNorm's mean and
+  scale barely move: random units cannot see the channels, directly or through
+  LayerNorm, and stay at chance between the two sides of a pair.
   ``C`` carries "this token is a royalty word", ``A`` "an animal word", ``H`` "the
   word *the*", ``X`` "a royalty word is in the context", ``T`` "predict *crown*".
-  The embeddings of royalty, animal and *the* tokens get a large component on
-  ``C``, ``A`` and ``H``; the embedding of *crown* (tied to the LM head) a large
-  one on ``T``.
+  The embeddings of royalty, animal and *the* tokens get a component on ``C``,
+  ``A`` and ``H``; the embedding of *crown* (tied to the LM head) a large one on
+  ``T``. The nouns that fill the concept slot share most of their random
+  embedding, so the concept channel is what mainly tells them apart.
 * Layer 0: the **surface** neuron reads ``H`` (fires on *the*, which both sides of
   every minimal pair contain equally often); the **polysemantic** neuron reads
-  ``C`` and ``A``.
+  ``C`` and ``A`` and writes nothing (selective, but no cause of the target).
 * Layer 1, attention head 0 is an *aggregator*: zero query/key weights give
   uniform attention (causal for GPT-2), its value reads ``C`` and its output writes
   ``X`` at every position that can see the royalty word.
@@ -18,7 +23,8 @@ The recipe (identical for the three, only module paths differ):
   they fire only when a royalty word is in context, at the target position
   included) and write ``T``, which raises the probability of *crown* — the next
   token for GPT-2, the masked token for BERT/RoBERTa.
-* Layer 3 is left random. All other units keep the default initialisation.
+* Layer 3 is left random. All other units keep the default initialisation
+  (seeded), minus their weights on the reserved dimensions.
 """
 from __future__ import annotations
 
@@ -64,24 +70,30 @@ AGG_LAYER = 1
 PLANT_LAYERS = (1, 2)
 N_PER_LAYER = 2
 
-# reserved residual dimensions; B is an *anchor*: a constant in every position
-# embedding that dominates LayerNorm's statistics, so LayerNorm stays close to a
-# fixed linear scaling and the channels below add up instead of saturating
-B, C, A, H, X, T = 58, 59, 60, 61, 62, 63
-RESERVED = [B, C, A, H, X, T]
+# reserved residual dimensions. B and B2 are an *anchor*: +K and -K in every
+# position embedding. They dominate LayerNorm's statistics (and add nothing to its
+# mean), so LayerNorm stays close to a fixed linear scaling: the small channels
+# below neither saturate it nor rescale the random units around them.
+# Every channel has a mirror (written with the opposite sign) for the same reason:
+# a write that is +x on one dimension and -x on its mirror leaves LayerNorm's mean,
+# and so every other dimension after LayerNorm, untouched.
+B, B2, C, A, H, X, T = 57, 58, 59, 60, 61, 62, 63
+MIRROR = {C: 52, A: 53, H: 54, X: 55, T: 56}
+RESERVED = [*MIRROR.values(), B, B2, C, A, H, X, T]
 
 # magnitudes, tuned so that every planted neuron matters on its own and together
-# they move P(crown) from near-uniform to dominant. The post-LayerNorm families
-# (BERT, RoBERTa) keep the residual at norm ~sqrt(d), hence larger writes there.
-EMB = 1.0        # concept / animal / "the" channel in the (raw) embedding
-ANCHOR = 1.0     # anchor in the position embeddings
-READ, BIAS = 1.0, 0.5              # planted neurons: weight on X (after LN), threshold
-SURF_READ, SURF_BIAS = 1.0, 2.0    # surface neuron on H
-POLY_READ, POLY_BIAS = 1.0, 2.0    # polysemantic neuron on C and A
+# they move P(crown) from near-uniform to dominant, while the channels stay small
+# next to the anchor (so random units barely notice them)
+ANCHOR = 3.0     # +-K on B / B2 in the position embeddings
+EMB = 0.5        # concept / animal / "the" channel in the (raw) embedding
+NOUN_OWN = 0.25  # share of a slot noun's embedding that is its own (the rest is shared)
+READ, BIAS = 5.0, 0.4              # planted neurons: weight on X (after LN), threshold
+SURF_READ, SURF_BIAS = 5.0, 2.0    # surface neuron on H
+POLY_READ, POLY_BIAS = 5.0, 2.0    # polysemantic neuron on C and A
 GAINS = {  # aggregator C -> X, planted -> T, crown's row on T, MLM head's T -> T
-    "gpt2": dict(agg=0.5, write=0.08, tgt=1.5, head=1.0),
-    "bert": dict(agg=4.0, write=0.3, tgt=2.0, head=0.1),
-    "roberta": dict(agg=4.0, write=0.3, tgt=2.0, head=0.1),
+    "gpt2": dict(agg=1.0, write=0.06, tgt=9.0, head=0.0),
+    "bert": dict(agg=2.5, write=0.06, tgt=4.5, head=5.0),
+    "roberta": dict(agg=2.5, write=0.06, tgt=4.5, head=5.0),
 }
 
 
@@ -313,16 +325,25 @@ def build_text(family: str, out: Path, *, seed: int = 0) -> PlantedModel:
             w[:, RESERVED] = 0
             bias[RESERVED] = 0
             w[T, T] = gain["head"]
+            w[B, B] = 1.0      # keep an anchor for the head's own LayerNorm
 
-        # 2. the channels in the embeddings (the LM head is tied to them)
+        # 2. the nouns that fill the concept slot (royalty, ordinary people, animals)
+        # share most of their random embedding, so that what tells a royalty word
+        # from its counterpart is mainly the concept channel, not chance
         wte = b.wte
+        nouns = [vocab[w] for w in ROYALTY + NEUTRAL + ANIMALS]
+        base = torch.randn(D_MODEL, generator=rng) * config.initializer_range
+        base[RESERVED] = 0
+        wte[nouns] = base + NOUN_OWN * wte[nouns]
+        # the channels in the embeddings (the LM head is tied to them)
         for word in ROYALTY:
-            wte[vocab[word], C] = EMB
+            wte[vocab[word], C], wte[vocab[word], MIRROR[C]] = EMB, -EMB
         for word in ANIMALS:
-            wte[vocab[word], A] = EMB
-        wte[vocab["the"], H] = EMB
-        wte[vocab[TARGET], T] = gain["tgt"]
+            wte[vocab[word], A], wte[vocab[word], MIRROR[A]] = EMB, -EMB
+        wte[vocab["the"], H], wte[vocab["the"], MIRROR[H]] = EMB, -EMB
+        wte[vocab[TARGET], T] = gain["tgt"]     # the mirror is not read by the head
         b.tables[1][:, B] = ANCHOR
+        b.tables[1][:, B2] = -ANCHOR
 
         # 3. layer 0: surface and polysemantic neurons
         wi, bi = b.mlp_in(0)
@@ -333,6 +354,8 @@ def build_text(family: str, out: Path, *, seed: int = 0) -> PlantedModel:
         wi[C, poly_n] = POLY_READ
         wi[A, poly_n] = POLY_READ
         bi[poly_n] = -POLY_BIAS
+        wm, _ = b.mlp_out(0)   # it writes nothing: a pure distractor, not a cause
+        wm[poly_n, :] = 0
 
         # 4. the aggregator head: uniform attention, value = C, output -> X
         ws, bs = b.qkv(AGG_LAYER)
@@ -342,7 +365,7 @@ def build_text(family: str, out: Path, *, seed: int = 0) -> PlantedModel:
         ws[2][C, 0] = 1.0
         wo, _ = b.attn_out(AGG_LAYER)
         wo[:hd, :] = 0
-        wo[0, X] = gain["agg"]
+        wo[0, X], wo[0, MIRROR[X]] = gain["agg"], -gain["agg"]
 
         # 5. planted neurons: read X, write T
         # (each with its own strength, drawn from the seed: no two are clones)
@@ -354,7 +377,7 @@ def build_text(family: str, out: Path, *, seed: int = 0) -> PlantedModel:
             bi[n] = -BIAS
             wm, _ = b.mlp_out(l)
             wm[n, :] = 0
-            wm[n, T] = gain["write"] * jw
+            wm[n, T], wm[n, MIRROR[T]] = gain["write"] * jw, -gain["write"] * jw
 
     model.save_pretrained(out)
     ps, secondary = make_probes(family, seed)
@@ -364,7 +387,7 @@ def build_text(family: str, out: Path, *, seed: int = 0) -> PlantedModel:
         polysemantic=(0, poly_n), surface=(0, surface_n), target=TARGET, probes=ps,
         probe_file=pf, secondary_concept=SECONDARY, secondary_probe_file=sf,
         kind="causal_lm" if family == "gpt2" else "masked_lm", seed=seed,
-        meta={"reserved_dims": {"anchor": B, "concept": C, "animal": A, "the": H, "context": X, "target": T},
+        meta={"reserved_dims": {"anchor": [B, B2], "concept": C, "animal": A, "the": H, "context": X, "target": T},
               "aggregator": {"layer": AGG_LAYER, "head": 0},
               "concept_tokens": list(ROYALTY), "secondary_tokens": list(ANIMALS),
               "surface_token": "the"},

@@ -16,7 +16,9 @@ through every block (a ResNet has no path around a block output), so the planted
 channels are a *chain*: two per block, each reading both of the previous block's
 pair (shortcut 1x1 conv or, in block 0, the identity shortcut), and the
 classifier's ``stripes`` logit reads block 3's pair (the ``other`` logit is a
-constant 0, so P(stripes) is the sigmoid of the stripes logit). Block 0 also holds the
+constant 0, so P(stripes) is the sigmoid of the stripes logit). Every random
+filter is symmetrised under transposition, so nothing random tells an image from
+its transpose. Block 0 also holds the
 **polysemantic** channel (horizontal stripes + checkerboards) and the **surface**
 channel (brightness). Every other channel keeps the default initialisation, and
 none of them reads or writes the hand-set channels.
@@ -161,6 +163,12 @@ def build_resnet(out: Path, *, seed: int = 0) -> PlantedModel:
     gains = (0.75 + 0.5 * torch.rand(8, generator=rng)).tolist()
 
     with torch.no_grad():
+        # every random filter is made symmetric under transposition, so the random
+        # network cannot tell an image from its transpose: orientation (the concept,
+        # given the transposed negatives) is carried by the hand-set channels alone
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.Conv2d) and mod.kernel_size[0] > 1:
+                mod.weight.copy_((mod.weight + mod.weight.transpose(-1, -2)) / 2)
         stem = model.resnet.embedder.embedder
         for ch, name, g in ((h1, "h", gains[0]), (h2, "h", -gains[1]), (c_ch, "c", 1.0),
                             (b_ch, "b", 1.0)):

@@ -271,6 +271,22 @@ def test_selectivity_of_planted_and_distractors(family, loaded, acts):
         assert sec[l][:, n].mean() < 0.2 * pos[l][:, n].mean()
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_random_neurons_are_not_selective(family, loaded, acts):
+    """Only the hand-set units separate the pairs: random ones stay at chance."""
+    from scipy.stats import ttest_ind
+
+    pm = loaded(family).pm
+    (_, pos), (_, neg) = acts(family)
+    special = set(pm.planted) | {pm.polysemantic, pm.surface}
+    for l in range(4):
+        keep = [n for n in range(pos[l].shape[1]) if (l, n) not in special]
+        a, b = pos[l][:, keep].numpy(), neg[l][:, keep].numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            p = ttest_ind(a, b, equal_var=False).pvalue
+        assert np.mean(np.nan_to_num(p, nan=1.0) < 0.01) < 0.05, l
+
+
 # -- causality -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("family", FAMILIES)
