@@ -165,7 +165,8 @@ class _Plan:
         return {l: v.to(device) for l, v in m.items() if v.any()}
 
 
-def _hook(plan: _Plan, masks: dict[int, torch.Tensor], r: int) -> Callable:
+def _hook(plan: _Plan, masks: dict[int, torch.Tensor], r: int, tokens: torch.Tensor | None,
+          range_on: str) -> Callable:
     def fn(layer: int, acts: torch.Tensor) -> torch.Tensor | None:
         mask = masks.get(layer)
         if mask is None:
@@ -182,7 +183,16 @@ def _hook(plan: _Plan, masks: dict[int, torch.Tensor], r: int) -> Callable:
         val = plan.values[layer].view(vshape).to(a.dtype)
         if plan.method == "range":
             af = a.float()
-            m = m & (af >= plan.lo[layer].view(vshape)) & (af <= plan.hi[layer].view(vshape))
+            lo, hi = plan.lo[layer].view(vshape), plan.hi[layer].view(vshape)
+            if range_on == "position":
+                m = m & (af >= lo) & (af <= hi)
+            else:  # the example's pooled activation, as the range itself was measured
+                if af.dim() == 5:
+                    p = af.mean(dim=(3, 4), keepdim=True)                    # [R, B, C, 1, 1]
+                else:
+                    w = tokens.view(1, -1, tokens.shape[-1], 1).to(af.dtype)  # [1, B, T, 1]
+                    p = (af * w).sum(2, keepdim=True) / w.sum(2, keepdim=True).clamp_min(1.0)
+                m = m & (p >= lo) & (p <= hi)
         return torch.where(m, val, a).reshape(acts.shape)
     return fn
 
@@ -200,16 +210,21 @@ def _rows_per_forward(adapter: Adapter, batch: Batch, width: int, budget: int) -
 def ablate_sets(adapter: Adapter, conf, examples: Sequence[Example], sets: Sequence[NeuronSet], *,
                 method: str = "zero", values: Any = None, ranges: Any = None,
                 batch_size: int = 32, replicas: int | None = None, share_prefix: bool = True,
-                budget: int = DEFAULT_BUDGET, progress: Callable[[int], None] | None = None
-                ) -> np.ndarray:
+                budget: int = DEFAULT_BUDGET, range_on: str = "pooled",
+                progress: Callable[[int], None] | None = None) -> np.ndarray:
     """[n_sets, n_examples] confidences M with each set of (layer, neuron) ablated.
 
     method: ``zero`` (a := 0), ``mean`` (a := values) or ``range`` (a := values where
-    ranges[0] <= a <= ranges[1]). `values` is {layer: [N]} or {(layer, neuron): x};
+    ranges[0] <= a <= ranges[1]; with ``range_on="pooled"`` (default) a is the example's
+    mean-pooled activation, the quantity the concept range was measured on, and the
+    whole example's activation is replaced; with ``"position"`` each position is tested
+    on its own). `values` is {layer: [N]} or {(layer, neuron): x};
     `ranges` is {layer: (lo[N], hi[N])} or {(layer, neuron): (lo, hi)}. An empty set
     gives the unablated confidence. `replicas` sets how many sets share one forward
     (default: as many as fit `budget` activation elements at the widest site).
     """
+    if range_on not in ("pooled", "position"):
+        raise ValueError(f"range_on must be 'pooled' or 'position', got {range_on!r}")
     sets = [list(s) for s in sets]
     out = np.zeros((len(sets), len(examples)), dtype=np.float64)
     if not sets or not examples:
@@ -237,7 +252,7 @@ def ablate_sets(adapter: Adapter, conf, examples: Sequence[Example], sets: Seque
             rb = b.repeat(r)
             with ExitStack() as st:
                 if masks:
-                    st.enter_context(on_sites(adapter, sorted(masks), _hook(plan, masks, r)))
+                    st.enter_context(on_sites(adapter, sorted(masks), _hook(plan, masks, r, b.mask, range_on)))
                 if blocks is not None and first is not None and r > 1 and first != inf:
                     st.enter_context(_replicate_at(blocks[first], b.size, r))
                     rb = replace(rb, inputs=b.inputs)
