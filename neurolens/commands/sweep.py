@@ -104,6 +104,7 @@ def sweep(args: argparse.Namespace, bars, done: list[Outcome]) -> None:
                 try:
                     cfg = config(args, m, c)
                     cfg.report = False  # the report set is rendered once, at the end
+                    cfg.relabel = False  # and the model's labels once, after its concepts
                     res = run_pipeline(cfg, adapter=adapter, probes=load_concept(c), bars=bars)
                     stages = {"extract", "score"} | ({"ablate"} if args.ablate else set())
                     n = 0 if res.top is None else res.top.num_rows
@@ -123,7 +124,26 @@ def sweep(args: argparse.Namespace, bars, done: list[Outcome]) -> None:
                     done.append(Outcome(adapter.name, c, "failed",
                                         f"internal error: {type(e).__name__}: {_first_line(e)}"))
                 overall(1)
+            if any(o.model == adapter.name and o.status != "failed" for o in done):
+                _relabel(args, adapter.name, done)
             del adapter
+
+
+def _relabel(args: argparse.Namespace, model: str, done: list[Outcome]) -> None:
+    """The model's labels, rebuilt once from every concept now stored for it."""
+    from neurolens.config import store_dir
+    from neurolens.errors import user_errors
+    from neurolens.pipeline import new_run_id
+    from neurolens.store import Store
+
+    try:
+        from neurolens.engine.label import label_model
+    except ImportError:
+        return
+    try:
+        label_model(Store(store_dir(args.out)), model, run_id=new_run_id())
+    except user_errors() as e:
+        done.append(Outcome(model, "*", "failed", f"labels: {_first_line(e)}"))
 
 
 def summary_table(outcomes: list[Outcome]):
