@@ -233,7 +233,6 @@ def ablate_sets(adapter: Adapter, conf, examples: Sequence[Example], sets: Seque
     blocks = _block_stack(adapter, plan.layers) if share_prefix and plan.layers else None
     width = _width(adapter, plan.layers)
     # group by first ablated layer so that the shared prefix is as long as possible
-    inf = 1 << 30
     order = sorted(range(len(sets)), key=lambda i: (plan.first[i] if plan.first[i] is not None else -1))
     for b in adapter.batches(examples, batch_size, with_targets=conf.with_targets):
         b = b.to(adapter.device)
@@ -253,7 +252,7 @@ def ablate_sets(adapter: Adapter, conf, examples: Sequence[Example], sets: Seque
             with ExitStack() as st:
                 if masks:
                     st.enter_context(on_sites(adapter, sorted(masks), _hook(plan, masks, r, b.mask, range_on)))
-                if blocks is not None and first is not None and r > 1 and first != inf:
+                if blocks is not None and first is not None and r > 1:
                     st.enter_context(_replicate_at(blocks[first], b.size, r))
                     rb = replace(rb, inputs=b.inputs)
                 m = conf(rb)
