@@ -44,7 +44,8 @@ class Shard:
         from accelerate import PartialState
         from accelerate.utils import broadcast_object_list
 
-        st = PartialState()
+        # on CPU, accelerate only forms a process group (gloo) when told it is a CPU job
+        st = PartialState(cpu=not torch.cuda.is_available())
 
         def bcast(s: str) -> str:
             box = [s]

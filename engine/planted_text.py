@@ -160,10 +160,12 @@ def make_probes(family: str, seed: int) -> tuple[ProbeSet, list[str]]:
     test = set(rng.sample(groups, max(1, round(TEST_SHARE * len(groups)))))
     examples: list[Example] = []
     pair = 0
+    # per template, a seeded permutation of the neutral words: no negative sentence repeats
+    others = [rng.sample(NEUTRAL, len(NEUTRAL)) for _ in TEMPLATES]
     for gi, g in enumerate(groups):
         split = "test" if g in test else "train"
         for ti, tpl in enumerate(TEMPLATES):
-            other = NEUTRAL[(gi * len(TEMPLATES) + ti + rng.randrange(len(NEUTRAL))) % len(NEUTRAL)]
+            other = others[ti][gi % len(NEUTRAL)]
             for label, w in ((1, g), (0, other)):
                 text = tpl.format(w=w)
                 examples.append(Example(example_id=len(examples), label=label, group=g,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -32,7 +33,11 @@ def test_two_processes_equal_one(planted_factory, tmp_path):
     script.write_text(SCRIPT)
     one, two = tmp_path / "one", tmp_path / "two"
     _run([sys.executable, str(script), str(pm.path), str(pm.probe_file), str(one)], tmp_path)
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    with socket.socket() as sk:  # a free port for the rendezvous (port 0 hangs torchrun)
+        sk.bind(("127.0.0.1", 0))
+        port = str(sk.getsockname()[1])
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+          "--master_addr", "127.0.0.1", "--master_port", port,
           str(script), str(pm.path), str(pm.probe_file), str(two)], tmp_path)
     s1, s2 = Store(one / "store"), Store(two / "store")
     name = pm.path.name
