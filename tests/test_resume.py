@@ -83,6 +83,8 @@ class Reader(threading.Thread):
     def check(self, leaf: Path) -> None:
         table = leaf.relative_to(self.store).parts[0]
         names = {p.name for p in leaf.iterdir()}
+        if not names:
+            return  # a parent folder made just before its first partition is renamed in: no rows
         if MARKER not in names:
             self.bad.append(f"{leaf}: visible without {MARKER}")
             return
