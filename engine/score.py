@@ -48,9 +48,10 @@ def example_arrays(probes: ProbeSet) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def score_layers(store: Store, model: str, probes: ProbeSet, layers: Sequence[int], *,
-                 backend: str = "auto", progress: Callable[[int], None] | None = None
-                 ) -> ScoreAccumulator:
-    """One streaming pass: each layer's train rows, in column chunks, into the accumulator."""
+                 backend: str = "auto", device: str | None = None,
+                 progress: Callable[[int], None] | None = None) -> ScoreAccumulator:
+    """One streaming pass: each layer's train rows, in column chunks, into the accumulator.
+    On an accelerator (`device="cuda"`) each chunk goes to it and the torch kernels run there."""
     ex_ids, is_train, ex_labels = example_arrays(probes)
     acc = ScoreAccumulator(backend=backend)
     for l in layers:
@@ -60,7 +61,12 @@ def score_layers(store: Store, model: str, probes: ProbeSet, layers: Sequence[in
         labels = ex_labels[pos][train]
         x = acts[train]
         for s in range(0, x.shape[1], CHUNK):
-            acc.add(l, x[:, s:s + CHUNK], labels, neuron_offset=s)
+            chunk = x[:, s:s + CHUNK]
+            if device is not None and str(device).startswith("cuda"):
+                import torch
+
+                chunk = torch.from_numpy(np.ascontiguousarray(chunk)).to(device)
+            acc.add(l, chunk, labels, neuron_offset=s)
         if progress:
             progress(1)
     return acc

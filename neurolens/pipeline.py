@@ -141,7 +141,8 @@ def run(cfg: RunConfig, *, adapter: Adapter | None = None, probes: ProbeSet | No
         res.skipped.append("score")
     else:
         with bars.stage("score", len(layers)) as tick:
-            acc = score_layers(store, adapter.name, probes, layers, progress=tick)
+            acc = score_layers(store, adapter.name, probes, layers, device=str(adapter.device),
+                               progress=tick)
         imp = None
         if cfg.importance:
             conf, imp = _importance(adapter, probes, layers, cfg, bars)
