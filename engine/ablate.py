@@ -34,6 +34,7 @@ from neurolens.engine.adapters.base import Adapter
 from neurolens.engine.naming import neuron_id
 from neurolens.probes.types import Example, ProbeSet
 from neurolens.store import SCHEMAS, Store, read_layer, read_table
+from neurolens.engine.stages import stage as progress_stage
 
 ABLATE_VERSION = 1
 MODES = ("single", "cumulative", "random")
@@ -198,7 +199,7 @@ def run_ablations(adapter: Adapter, probes: ProbeSet, store: Store, *, top_k: in
     bs = max(1, batch_size // 2)
     total = len(test) * (1 + len(methods))
     rows: list[dict] = []
-    stage = bars.stage("ablate", total) if bars is not None else _null_stage()
+    stage = progress_stage(bars, "ablate", total)
     with stage as tick:
         base = base_confidence(adapter, conf, test, batch_size=bs)
         tick(len(test))
@@ -218,13 +219,6 @@ def run_ablations(adapter: Adapter, probes: ProbeSet, store: Store, *, top_k: in
     store.write_partition("ablations", parts, table, key=key, run_id=run_id)
     return table
 
-
-class _null_stage:
-    def __enter__(self):
-        return lambda n: None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def ablation_examples(probes: ProbeSet) -> list[Example]:

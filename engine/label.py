@@ -31,6 +31,7 @@ import torch
 
 from neurolens.probes.types import ProbeSet
 from neurolens.store import SCHEMAS, Store, StoreError, layers_stored, read_layer, read_table
+from neurolens.engine.stages import stage as progress_stage
 
 LABEL_VERSION = "1"
 ALPHA = 0.05            # significance for "the neuron is selective for this concept"
@@ -155,7 +156,7 @@ def run_labels(adapter, probes: ProbeSet, store: Store, *, top_k: int = 10, run_
     parts = {"model": adapter.name, "concept": probes.concept}
     tkey = f"t{LABEL_VERSION}:{n_neurons}:{n_examples}:{key}"
     n_batches = -(-min(len(probes.examples), n_neurons * n_examples) // max(1, batch_size))
-    stage = bars.stage("label", n_batches + 1) if bars is not None else _null_stage()
+    stage = progress_stage(bars, "label", n_batches + 1)
     with stage as tick:
         if not store.is_complete("top_examples", parts, tkey):
             tab = top_examples(adapter, probes, store, run_id=run_id, n_neurons=n_neurons,
@@ -165,13 +166,6 @@ def run_labels(adapter, probes: ProbeSet, store: Store, *, top_k: int = 10, run_
         tick(1)
     return out
 
-
-class _null_stage:
-    def __enter__(self):
-        return lambda n: None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def model_concepts(store: Store, model: str) -> list[str]:
