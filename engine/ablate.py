@@ -32,9 +32,9 @@ from neurolens.engine.ablate_batch import (METHODS, Neuron, ablate_sets, base_co
                                            relative_drop)
 from neurolens.engine.adapters.base import Adapter
 from neurolens.engine.naming import neuron_id
+from neurolens.engine.stages import stage as progress_stage
 from neurolens.probes.types import Example, ProbeSet
 from neurolens.store import SCHEMAS, Store, read_layer, read_table
-from neurolens.engine.stages import stage as progress_stage
 
 ABLATE_VERSION = 1
 MODES = ("single", "cumulative", "random")
