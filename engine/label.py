@@ -29,9 +29,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from neurolens.engine.stages import stage as progress_stage
 from neurolens.probes.types import ProbeSet
 from neurolens.store import SCHEMAS, Store, StoreError, layers_stored, read_layer, read_table
-from neurolens.engine.stages import stage as progress_stage
 
 LABEL_VERSION = "1"
 ALPHA = 0.05            # significance for "the neuron is selective for this concept"
