@@ -55,6 +55,12 @@ def headline(name: str, r: dict) -> str:
         if name == "queries":
             worst = max(x["total_s"] for x in r["results"])
             return f"{r['store']['score_rows']:,} score rows; slowest named query {worst:.3f} s"
+        if name == "ablation":
+            return (f"{r['sizes']['n_ablations']} single-neuron ablations: batched "
+                    f"{r['median_s']['batched']:.2f} s vs one at a time {r['median_s']['one_each']:.2f} s")
+        if name == "reports":
+            return (f"{r['pages']} pages in {r['median_wall_s']:.1f} s "
+                    f"({r['per_page_wall_s']:.2f} s/page), largest {r['max_report_mib']:.1f} MiB")
         if name == "sweep":
             return (f"minilm x {r['sizes']['concepts']} concepts: cold {r['contender']['median_s']:.1f} s, "
                     f"resumed {r['baseline']['median_s']:.1f} s")

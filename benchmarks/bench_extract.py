@@ -40,6 +40,7 @@ def run(smoke: bool = False) -> dict:
 
     cfg = SMOKE if smoke else FULL
     reps = int(os.environ.get("NEUROLENS_BENCH_REPS", cfg["reps"]))
+    dtypes = os.environ.get("NEUROLENS_BENCH_DTYPES", ",".join(cfg["dtypes"])).split(",")
     tmp = Path(tempfile.mkdtemp(prefix="nl-bench-extract-"))
     rows = []
     try:
@@ -48,7 +49,7 @@ def run(smoke: bool = False) -> dict:
         examples = common.examples_from_ids(ids, labels, cfg["n_words"])
         tokens = int(ids.size)
         dev = None
-        for dtype in cfg["dtypes"]:
+        for dtype in dtypes:
             adapter = registry.load(str(ckpt), device="auto", dtype=dtype)
             dev = adapter.device
             layers = list(range(adapter.n_layers))

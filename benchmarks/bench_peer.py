@@ -154,7 +154,8 @@ def run(smoke: bool = False) -> dict:
     cfg = SMOKE if smoke else FULL
     reps = int(os.environ.get("NEUROLENS_BENCH_REPS", cfg["reps"]))
     skip = have_peer()
-    jobs = [j for j in cfg["jobs"] if not (skip and j.startswith("peer"))]
+    wanted = os.environ.get("NEUROLENS_BENCH_JOBS", ",".join(cfg["jobs"])).split(",")
+    jobs = [j for j in wanted if not (skip and j.startswith("peer"))]
     common_kw = dict(n_words=cfg["n_words"], n_examples=cfg["n_examples"], n_tokens=cfg["n_tokens"],
                      batch_size=cfg["batch_size"])
     tmp = Path(tempfile.mkdtemp(prefix="nl-bench-peer-"))

@@ -8,7 +8,7 @@ Wall time includes process start-up (what a user waits for); peak RSS is the CLI
 
     python benchmarks/bench_sweep.py [--smoke]     # or: python -m benchmarks --only sweep
 
-Smoke size: MiniLM x one concept, layers 0 and 1, no report set.
+Smoke size: MiniLM x one concept, layers 0 and 1, no importance pass, no report set.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ from benchmarks import common
 
 NAME = "sweep"
 FULL = dict(args=["--models", "minilm", "--concepts", "all"], reps=1, timeout=3600)
-SMOKE = dict(args=["--models", "minilm", "--concepts", "royalty", "--layers", "0", "1", "--no-report"],
+SMOKE = dict(args=["--models", "minilm", "--concepts", "royalty", "--layers", "0", "1", "--no-report",
+                  "--no-importance"],
              reps=1, timeout=600)
 
 # when the CLI cannot import (a command module missing), the same sweep through the pipeline
