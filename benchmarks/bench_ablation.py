@@ -52,8 +52,11 @@ def run(smoke: bool = False) -> dict:
     reps = 1 if smoke else 3
     rng = np.random.default_rng(0)
     examples = [test[i] for i in sorted(rng.choice(len(test), n_examples, replace=False))]
-    conf = Confidence(adapter, probes.examples)
-    layers = rng.integers(0, adapter.n_layers, N_NEURONS)
+    train = [e for e in probes.examples if e.split == "train"]
+    fit = [train[i] for i in sorted(rng.choice(len(train), 64, replace=False))] if smoke else probes.examples
+    conf = Confidence(adapter, fit)
+    n_sets = 8 if smoke else N_NEURONS
+    layers = rng.integers(0, adapter.n_layers, n_sets)
     sets = [[(int(l), int(rng.integers(adapter.n_neurons(int(l)))))] for l in layers]
     batch = n_examples
 
@@ -82,7 +85,7 @@ def run(smoke: bool = False) -> dict:
                     "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "device": str(adapter.device)},
         "versions": _versions(),
-        "sizes": {"model": "minilm", "n_ablations": N_NEURONS, "n_examples": n_examples,
+        "sizes": {"model": "minilm", "n_ablations": n_sets, "n_examples": n_examples,
                   "layers_of_neurons": sorted(int(x) for x in layers), "repetitions": reps},
         "times_s": times,
         "median_s": med,

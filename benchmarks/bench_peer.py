@@ -38,7 +38,8 @@ NAME = "peer"
 MODULE = "benchmarks.bench_peer"
 TARGETS = {"float32": 1.25, "bfloat16": 2.0, "bare": 0.9, "memory": 0.35}
 FULL = dict(model=common.GPT2_SMALL, n_words=4000, n_examples=2000, n_tokens=24, batch_size=32, reps=3,
-            jobs=("peer-float32", "neurolens-float32", "neurolens-bfloat16", "bare-float32", "bare-bfloat16"))
+            jobs=("peer-float32", "peergrad-float32", "neurolens-float32", "neurolens-bfloat16",
+                  "bare-float32", "bare-bfloat16"))
 SMOKE = dict(model=common.GPT2_TINY, n_words=400, n_examples=64, n_tokens=24, batch_size=32, reps=1,
              jobs=("peer-float32", "neurolens-float32"))
 
@@ -165,8 +166,9 @@ def run(smoke: bool = False) -> dict:
         for r in range(reps):
             for j in (jobs if r % 2 == 0 else jobs[::-1]):
                 who, dtype = j.split("-")
-                if who == "peer":
-                    res = common.measure_job(f"{MODULE}:peer_job", model=cfg["model"], dtype=dtype, **common_kw)
+                if who in ("peer", "peergrad"):  # peergrad: run_with_cache as called, autograd on
+                    res = common.measure_job(f"{MODULE}:peer_job", model=cfg["model"], dtype=dtype,
+                                             grad=who == "peergrad", **common_kw)
                 elif who == "neurolens":
                     res = common.measure_job(f"{MODULE}:neurolens_job", ckpt=ckpt, dtype=dtype,
                                              check=smoke and r == 0, **common_kw)
@@ -196,6 +198,11 @@ def run(smoke: bool = False) -> dict:
                 ratios[f"throughput_{d}_vs_bare_{d}"] = tps[nl] / tps[f"bare-{d}"]
             ratios[f"peak_delta_{d}_vs_peer"] = (rows[nl]["peak_delta_mb"] / peer["peak_delta_mb"]) if peer else None
             ratios[f"peak_total_{d}_vs_peer"] = (rows[nl]["peak_rss_mb"] / peer["peak_rss_mb"]) if peer else None
+            pg = rows.get("peergrad-float32")
+            if pg:  # the peer as run_with_cache is called by default (autograd on)
+                ratios[f"throughput_{d}_vs_peergrad"] = tps[nl] / tps["peergrad-float32"]
+                ratios[f"peak_delta_{d}_vs_peergrad"] = rows[nl]["peak_delta_mb"] / pg["peak_delta_mb"]
+                ratios[f"peak_total_{d}_vs_peergrad"] = rows[nl]["peak_rss_mb"] / pg["peak_rss_mb"]
     checks = [x.get("auc_max_abs_diff_vs_rank_auroc") for rs in runs.values() for x in rs]
     checks = [c for c in checks if c is not None]
     m = cfg["model"]
@@ -228,7 +235,8 @@ def _ge(a, b):
     return None if a is None or b is None else bool(a >= b)
 
 
-LABELS = {"peer-float32": "TransformerLens run_with_cache + rank AUROC (fp32)",
+LABELS = {"peer-float32": "TransformerLens run_with_cache + rank AUROC (fp32, under no_grad)",
+          "peergrad-float32": "TransformerLens run_with_cache + rank AUROC (fp32, autograd on: its default)",
           "neurolens-float32": "NeuroLens pooled_activations + ScoreAccumulator (fp32)",
           "neurolens-bfloat16": "NeuroLens pooled_activations + ScoreAccumulator (bf16)",
           "bare-float32": "bare forward, no hooks (fp32)", "bare-bfloat16": "bare forward, no hooks (bf16)"}

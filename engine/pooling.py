@@ -27,8 +27,10 @@ def pool(acts: torch.Tensor, how: str, mask: torch.Tensor | None = None,
         m = torch.where(has, cm, m)  # examples without a marked word fall back to mean
         how = "mean"
     if how == "mean" or how == "concept":
-        w = m.unsqueeze(-1).to(x.dtype)
-        return (x * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
+        # a batched matrix product: no [B, T, N] temporary for the masked sum
+        w = m.to(x.dtype)
+        w = w / w.sum(dim=1, keepdim=True).clamp_min(1.0)
+        return torch.bmm(w.unsqueeze(1), x).squeeze(1)
     if how == "max":
         return x.masked_fill(~m.unsqueeze(-1), float("-inf")).amax(dim=1)
     last = m.long().sum(dim=1).clamp_min(1) - 1  # right padding: the last real token
