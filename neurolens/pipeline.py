@@ -169,6 +169,9 @@ def run(cfg: RunConfig, *, adapter: Adapter | None = None, probes: ProbeSet | No
                              seconds_extract=res.seconds["extract"], seconds_score=res.seconds["score"],
                              seconds_ablate=res.seconds["ablate"],
                              finished_at=dt.datetime.now(dt.timezone.utc)), run_id)
+    from neurolens.store.duck import write_views
+
+    write_views(store)  # a bare `duckdb -init <store>/views.sql` sees this run too
     if cfg.report:
         from neurolens.reports import render_report
 
