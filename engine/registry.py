@@ -61,6 +61,9 @@ def resolve(name: str) -> ModelRef:
     """A registry name, a local checkpoint directory, or a hub id `org/name`."""
     if name == EMBEDDED:
         return ModelRef(EMBEDDED, str(minilm_dir()), True)
+    for prefix in ref_prefixes():
+        if name.startswith(prefix):
+            return ModelRef(_store_name(name.replace(":", "-")), name, False)
     if name in HUB:
         return ModelRef(name, HUB[name], False)
     p = Path(name).expanduser()
@@ -89,6 +92,21 @@ def adapters() -> dict[str, type[Adapter]]:
     return found
 
 
+@cache
+def ref_prefixes() -> dict[str, type[Adapter]]:
+    """Adapters for models that are not transformers checkpoints (`torchvision:resnet18`)."""
+    import neurolens.engine.adapters as pkg
+
+    adapters()  # imports every adapter module
+    found: dict[str, type[Adapter]] = {}
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        for obj in vars(importlib.import_module(f"{pkg.__name__}.{mod.name}")).values():
+            prefix = getattr(obj, "ref_prefix", None) if isinstance(obj, type) else None
+            if prefix and issubclass(obj, Adapter):
+                found[prefix] = obj
+    return found
+
+
 def pick_device(device: str | None = None) -> torch.device:
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -107,6 +125,9 @@ def load(name: str, *, device: str | None = None, dtype: str = "float32") -> Ada
         raise ModelError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
     mref = resolve(name)
     dev = pick_device(device)
+    for prefix, klass in ref_prefixes().items():
+        if mref.ref.startswith(prefix):
+            return klass.load(mref.ref, name=mref.name, device=dev, dtype=DTYPES[dtype], local_only=False)
     _quiet()
     from transformers import AutoConfig
 

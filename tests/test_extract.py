@@ -145,3 +145,15 @@ def test_model_errors():
         registry.load("gpt2")
     with pytest.raises(ModelError, match="out of range"):
         registry.load("minilm").check_layers([6])
+
+
+def test_torchvision_weights_need_torchvision():
+    """Without an importable torchvision, its models are one clear error, not a crash."""
+    import importlib.util
+
+    from neurolens.engine.adapters.base import ModelError
+
+    if importlib.util.find_spec("torchvision") is not None:
+        pytest.skip("torchvision is installed here")
+    with pytest.raises(ModelError, match="needs torchvision"):
+        registry.load("torchvision:resnet18")

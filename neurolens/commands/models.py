@@ -27,4 +27,6 @@ def run(args: argparse.Namespace) -> int:
         t.add_row(r["name"], r["resolves_to"])
     Console().print(t)
     Console().print("supported architectures: " + ", ".join(sorted(adapters())))
+    Console().print("also: torchvision:resnet18, torchvision:resnet50 (torchvision's ImageNet weights, "
+                    "where torchvision imports: pip install '.[vision-torchvision]')")
     return 0
