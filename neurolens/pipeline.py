@@ -5,6 +5,7 @@ same inputs is already there, so a killed run resumes where it stopped.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import time
@@ -119,7 +120,19 @@ def run(cfg: RunConfig, *, adapter: Adapter | None = None, probes: ProbeSet | No
                 world_size=shard.world, versions=versions(), dtype=cfg.dtype, started_at=started)
     if shard.main:
         store.write_run(_run_row(**base, status="running"), run_id)
+    try:
+        return _stages(cfg, adapter, probes, store, shard, bars, layers, msha, res, base)
+    except BaseException:
+        if shard.main:  # the run's row says what happened; its partitions stay as they were
+            with contextlib.suppress(Exception):
+                store.write_run(_run_row(**base, status="failed",
+                                         finished_at=dt.datetime.now(dt.timezone.utc)), run_id)
+        raise
 
+
+def _stages(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Store, shard: Shard, bars: Bars,
+            layers: list[int], msha: str, res: RunResult, base: dict) -> RunResult:
+    run_id = res.run_id
     t0 = time.perf_counter()
     with bars.stage(f"extract {adapter.name}/{probes.concept}", len(probes.examples)) as tick, \
             store.claimed(f"run-{run_id}"):  # extract stages under _staging/run-<id>
@@ -163,7 +176,7 @@ def run(cfg: RunConfig, *, adapter: Adapter | None = None, probes: ProbeSet | No
                                  confidence=conf, bars=bars)
     res.seconds["ablate"] = time.perf_counter() - t0
 
-    _label(adapter, probes, store, cfg, run_id, skey, bars, res)
+    _label(adapter, probes, store, cfg, run_id, skey, bars)
     res.top = top_neurons(store, adapter.name, probes.concept, cfg.top_k)
     store.write_run(_run_row(**base, status="done", tokens=stats.tokens,
                              seconds_extract=res.seconds["extract"], seconds_score=res.seconds["score"],
@@ -199,11 +212,10 @@ def _importance(adapter: Adapter, probes: ProbeSet, layers: list[int], cfg: RunC
     return conf, imp
 
 
-def _label(adapter, probes, store, cfg, run_id, skey, bars, res) -> None:
-    try:
-        from neurolens.engine import label
-    except ImportError:
-        return
+def _label(adapter: Adapter, probes: ProbeSet, store: Store, cfg: RunConfig, run_id: str, skey: str,
+           bars: Bars) -> None:
+    from neurolens.engine import label
+
     label.run_labels(adapter, probes, store, top_k=cfg.top_k, run_id=run_id, key=skey,
                      batch_size=cfg.batch_size, bars=bars, relabel=cfg.relabel)
 
