@@ -82,6 +82,9 @@ def build_planted(family: str, out_dir: Path | str, *, seed: int = 0) -> Planted
     """Build the ground-truth model of `family` into `out_dir` (created if needed)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
+    from neurolens.engine.registry import quiet
+
+    quiet()  # transformers' own save bars would interleave with ours
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if family == "resnet":

@@ -128,7 +128,7 @@ def load(name: str, *, device: str | None = None, dtype: str = "float32") -> Ada
     for prefix, klass in ref_prefixes().items():
         if mref.ref.startswith(prefix):
             return klass.load(mref.ref, name=mref.name, device=dev, dtype=DTYPES[dtype], local_only=False)
-    _quiet()
+    quiet()
     from transformers import AutoConfig
 
     local_only = mref.local or os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "yes")
@@ -156,7 +156,7 @@ def load(name: str, *, device: str | None = None, dtype: str = "float32") -> Ada
         raise ModelError(_load_failure(name, mref, e)) from None
 
 
-def _quiet() -> None:
+def quiet() -> None:
     """Loading shows our progress, not transformers' per-weight bars."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import transformers
