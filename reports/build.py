@@ -20,6 +20,8 @@ from .sankey import sankey_svg
 
 TOP_N = 8                 # passport cards per report
 SCATTER_MAX_REST = 2500   # non-significant neurons drawn in the scatter at most
+SCATTER_MAX_SIG = 2500    # significant neurons drawn at most (the best-ranked first)
+SANKEY_FAMILIES = 12      # families drawn by name in the Sankey; the rest as one band
 HIST_BINS = 30
 DEPTH_BINS = 10
 
@@ -118,17 +120,21 @@ def render_report(store_root: str | Path, model: str, concept: str, out_dir: str
     # -- scatter ----------------------------------------------------------------------
     n_rest = n_scored - n_sig
     keep = 1.0 if n_rest <= SCATTER_MAX_REST else SCATTER_MAX_REST / n_rest
-    sc = query(con, "scatter", keep=keep, **p)
+    best = SCATTER_MAX_SIG // 2
+    keep_sig = 1.0 if n_sig <= SCATTER_MAX_SIG else (SCATTER_MAX_SIG - best) / max(1, n_sig - best)
+    sc = query(con, "scatter", keep=keep, keep_sig=keep_sig, max_sig=best, **p)
     scatter_id = c.add(ch.scatter(sc), "scatter")
     scatter_note = None
-    if keep < 1.0:
+    if keep < 1.0 or keep_sig < 1.0:
         shown = sc.filter(pl.col("status") == "neither").height
-        scatter_note = (f"{n_scored:,} neurons were scored; all {n_sig:,} significant ones are drawn, "
-                        f"plus a random sample of {shown:,} of the other {n_rest:,} "
-                        f"({100 * keep:.1f}%) to keep the page light.")
+        sig_part = (f"all {n_sig:,} significant ones are drawn" if keep_sig >= 1.0 else
+                    f"of the {n_sig:,} significant ones, the {best:,} best-ranked and a random "
+                    f"sample of the others ({sc.height - shown:,} in all) are drawn")
+        scatter_note = (f"{n_scored:,} neurons were scored; {sig_part}, plus a random sample of "
+                        f"{shown:,} of the other {n_rest:,} ({100 * keep:.1f}%) to keep the page light.")
 
     # -- sankey -----------------------------------------------------------------------
-    flows = query(con, "sankey", model=model)
+    flows = query(con, "sankey", model=model, max_families=SANKEY_FAMILIES)
     sankey = sankey_svg(flows.iter_rows(), highlight=concept,
                         title=f"{model}: concept to layer to family") if flows.height else None
     if not have_labels:

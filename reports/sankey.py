@@ -49,7 +49,8 @@ def sankey_svg(flows: Iterable[tuple[str, int, str, int]], *, highlight: str | N
     most = max(len(col) for col in cols)
     if height is None:
         height = max(320, min(900, 22 * most + 60))
-    top, bottom, left, right = 28, 12, 120, 150
+    longest = max((len(f"{c} ({value[('c', c)]:,})") for c in concepts), default=10)
+    top, bottom, left, right = 28, 12, max(120, 8 * longest), 150
     inner_h = height - top - bottom
     scale = (inner_h - pad * (most - 1)) / total
     xs = [left, left + (width - left - right - node_w) / 2, width - right - node_w]

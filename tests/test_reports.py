@@ -285,3 +285,37 @@ def test_token_display():
     assert toks[1]["alpha"] == 1.0 and toks[2]["alpha"] == 0.0
     toks = _display_tokens(["the", "play", "##ing", "field"], [0, 1, 1, 0])
     assert "".join(t["sep"] + t["text"] for t in toks) == "the playing field"
+
+
+def test_report_stays_small_when_half_the_neurons_are_significant(tmp_path):
+    """A real model can make thousands of neurons significant and hundreds of families
+    (MiniLM on the built-in probes does): the page still stays under 5 MB."""
+    import numpy as np
+    import pyarrow as pa
+
+    from neurolens.store import SCHEMAS, read_table
+
+    spec = ModelSpec("wide", 12, 3072, concepts=["royalty"])
+    store = build_store(tmp_path / "store", [spec], n_pos=30, n_neg=30)
+    parts = {"model": "wide", "concept": "royalty"}
+    sc = read_table(store, "scores", parts)
+    n = sc.num_rows
+    q = np.where(np.arange(n) % 2 == 0, 0.01, 0.5)
+    rank = np.full(n, None, dtype=object)
+    rank[::2] = np.arange(1, (n + 1) // 2 + 1)
+    sc = sc.set_column(sc.schema.get_field_index("q_value"), "q_value", pa.array(q))
+    sc = sc.set_column(sc.schema.get_field_index("rank"), "rank", pa.array(list(rank), pa.int32()))
+    store.write_partition("scores", parts, sc, key="wide", run_id="t")
+    sig = np.arange(0, n, 2)
+    layer, neuron = np.asarray(sc.column("layer"))[sig], np.asarray(sc.column("neuron"))[sig]
+    labels = pa.Table.from_pydict({
+        "layer": pa.array(layer, pa.int32()), "neuron": pa.array(neuron, pa.int32()),
+        "family": [f"family-{i % 300}" for i in range(sig.size)], "label": ["royalty"] * sig.size,
+        "top_tokens": [["king"]] * sig.size, "concepts": [["royalty"]] * sig.size,
+        "polysemantic": [False] * sig.size, "explanation_score": [0.5] * sig.size,
+        "run_id": ["t"] * sig.size}, schema=SCHEMAS["labels"])
+    store.write_partition("labels", {"model": "wide"}, labels, key="wide", run_id="t")
+    path = render_report(tmp_path / "store", "wide", "royalty", tmp_path / "r")
+    page = path.read_text()
+    assert path.stat().st_size < 5 * MB, f"{path.stat().st_size / MB:.1f} MB"
+    assert "other families" in page and "best-ranked" in page
