@@ -11,8 +11,6 @@ contender's time (it is part of extraction) and outside the baseline's.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import sys
@@ -106,13 +104,7 @@ def markdown(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
-    a = ap.parse_args(argv)
-    r = run(a.smoke)
-    print(markdown(r))
-    print("wrote", common.write_result(r, common.results_path(NAME, a.smoke)))
-    return 0
+    return common.main(NAME, run, markdown, argv, doc=__doc__)
 
 
 if __name__ == "__main__":

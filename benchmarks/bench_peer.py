@@ -21,7 +21,6 @@ after imports (model construction included), and the total peak RSS.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import shutil
@@ -261,13 +260,7 @@ def markdown(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
-    a = ap.parse_args(argv)
-    r = run(a.smoke)
-    print(markdown(r))
-    print("wrote", common.write_result(r, common.results_path(NAME, a.smoke)))
-    return 0
+    return common.main(NAME, run, markdown, argv, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,6 @@ layer, ablations, labels and top examples. Target: the set renders in under 30 s
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import statistics
@@ -144,16 +142,10 @@ def markdown(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
-    a = ap.parse_args(argv)
-    res = run(smoke=a.smoke)
-    # a smoke run never overwrites the full-size figures
-    path = RESULTS.with_name("reports.smoke.json") if a.smoke else RESULTS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(res, indent=2) + "\n")
-    print(markdown(res))
-    return 0
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks import common
+
+    return common.main("reports", run, markdown, argv, doc=__doc__)
 
 
 if __name__ == "__main__":

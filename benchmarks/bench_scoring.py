@@ -13,8 +13,6 @@ Prints a markdown table and writes benchmarks/results/scoring.json.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import statistics
@@ -194,19 +192,11 @@ def to_markdown(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes (a few seconds)")
-    ap.add_argument("--no-write", action="store_true", help="do not write results/scoring.json")
-    args = ap.parse_args(argv)
-    r = run(args.smoke)
-    print(to_markdown(r))
-    if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        tmp = RESULTS.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(r, indent=2) + "\n")
-        tmp.replace(RESULTS)
-        print(f"\nwrote {RESULTS.relative_to(Path.cwd()) if RESULTS.is_relative_to(Path.cwd()) else RESULTS}")
-    return 0
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks import common
+
+    return common.main("scoring", run, to_markdown, argv, doc=__doc__,
+                       smoke_help="tiny sizes (a few seconds)")
 
 
 if __name__ == "__main__":

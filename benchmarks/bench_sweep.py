@@ -12,7 +12,6 @@ Smoke size: MiniLM x one concept, layers 0 and 1, no importance pass, no report 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -117,13 +116,7 @@ def markdown(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--smoke", action="store_true", help="one concept, two layers, no report")
-    a = ap.parse_args(argv)
-    r = run(a.smoke)
-    print(markdown(r))
-    print("wrote", common.write_result(r, common.results_path(NAME, a.smoke)))
-    return 0
+    return common.main(NAME, run, markdown, argv, doc=__doc__, smoke_help="one concept, two layers, no report")
 
 
 if __name__ == "__main__":

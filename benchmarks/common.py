@@ -344,3 +344,16 @@ def _selftest_job(job, mb: int = 100) -> None:
     for i in range(0, len(block), 4096):
         block[i] = 1
     job.done(held_mb=mb)
+
+
+def main(name: str, run, markdown, argv=None, *, doc: str = "", smoke_help: str = "tiny sizes (seconds)") -> int:
+    """The `python benchmarks/bench_X.py [--smoke]` entry point every benchmark shares."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=(doc or name).splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help=smoke_help)
+    a = ap.parse_args(argv)
+    r = run(a.smoke)
+    print(markdown(r))
+    print("wrote", write_result(r, results_path(name, a.smoke)))
+    return 0
