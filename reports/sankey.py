@@ -66,7 +66,6 @@ def sankey_svg(flows: Iterable[tuple[str, int, str, int]], *, highlight: str | N
 
     # link stacking: offsets at each node's out- and in-side, in the order of the other end
     out_off: dict[tuple, float] = defaultdict(float)
-    in_off: dict[tuple, float] = defaultdict(float)
 
     def order_key(node):
         return pos[node][1]

@@ -17,19 +17,12 @@ FAMILIES = ("gpt2", "bert", "roberta", "resnet")
 
 def reference_site(adapter, batch, layer: int) -> torch.Tensor:
     """The site's activations recomputed from hidden states, module by module, no hooks."""
-    m = adapter.model
     with torch.inference_mode():
-        if adapter.family == "gpt2":
+        if adapter.family == "gpt2":  # single-example batches: no padding to mask
             tr = adapter.base()
-            out = tr(**batch.inputs, output_hidden_states=True)
-            h = out.hidden_states[layer]
+            h = tr(**batch.inputs, output_hidden_states=True).hidden_states[layer]
             blk = tr.h[layer]
-            am = tr.get_extended_attention_mask(batch.inputs["attention_mask"], h.shape[:2]) \
-                if hasattr(tr, "get_extended_attention_mask") else None
-            a = blk.attn(blk.ln_1(h), attention_mask=None)[0] if am is None else None
-            if a is None:
-                a = blk.attn(blk.ln_1(h))[0]
-            h2 = h + a
+            h2 = h + blk.attn(blk.ln_1(h))[0]
             return blk.mlp.act(blk.mlp.c_fc(blk.ln_2(h2)))
         if adapter.family in ("bert", "roberta"):
             base = adapter.base()
