@@ -78,33 +78,32 @@ def resolve(name: str) -> ModelRef:
 
 
 @cache
-def adapters() -> dict[str, type[Adapter]]:
-    """model_type -> adapter class, from every module in engine/adapters/."""
+def _adapter_classes() -> tuple[type[Adapter], ...]:
+    """Every Adapter subclass defined in engine/adapters/ (one scan, imported once)."""
     import neurolens.engine.adapters as pkg
 
-    found: dict[str, type[Adapter]] = {}
+    found: list[type[Adapter]] = []
     for mod in pkgutil.iter_modules(pkg.__path__):
         m = importlib.import_module(f"{pkg.__name__}.{mod.name}")
-        for obj in vars(m).values():
-            if isinstance(obj, type) and issubclass(obj, Adapter) and obj.model_types:
-                for t in obj.model_types:
-                    found.setdefault(t, obj)
+        found += [o for o in vars(m).values()
+                  if isinstance(o, type) and issubclass(o, Adapter) and o.__module__ == m.__name__]
+    return tuple(found)
+
+
+@cache
+def adapters() -> dict[str, type[Adapter]]:
+    """model_type -> adapter class, for transformers checkpoints."""
+    found: dict[str, type[Adapter]] = {}
+    for klass in _adapter_classes():
+        for t in klass.model_types:
+            found.setdefault(t, klass)
     return found
 
 
 @cache
 def ref_prefixes() -> dict[str, type[Adapter]]:
     """Adapters for models that are not transformers checkpoints (`torchvision:resnet18`)."""
-    import neurolens.engine.adapters as pkg
-
-    adapters()  # imports every adapter module
-    found: dict[str, type[Adapter]] = {}
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        for obj in vars(importlib.import_module(f"{pkg.__name__}.{mod.name}")).values():
-            prefix = getattr(obj, "ref_prefix", None) if isinstance(obj, type) else None
-            if prefix and issubclass(obj, Adapter):
-                found[prefix] = obj
-    return found
+    return {k.ref_prefix: k for k in _adapter_classes() if getattr(k, "ref_prefix", None)}
 
 
 def pick_device(device: str | None = None) -> torch.device:
