@@ -182,7 +182,7 @@ def run_ablations(adapter: Adapter, probes: ProbeSet, store: Store, *, top_k: in
         table = schema.empty_table()
         store.write_partition("ablations", parts, table, key=key, run_id=run_id)
         return table
-    test = [e for e in probes.examples if e.split == "test"]
+    test = ablation_examples(probes)
     pos = np.array([e.label == 1 for e in test])
     draws, singles = random_controls(top, adapter.n_neurons, n_random, seed)
     # every distinct set once: top singles, top prefixes, control prefixes, control singles
