@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -176,7 +177,5 @@ def extract(adapter: Adapter, probes: ProbeSet, store: Store, *, layers: Sequenc
             store.publish("activations", {**parts, "layer": l}, stage_root / f"layer={l}",
                           key=layer_key(msha, probes.sha, l, pooling, dtype), run_id=run_id,
                           extra={"world_size": shard.world, "n_neurons": adapter.n_neurons(l)})
-        import shutil
-
         shutil.rmtree(stage_root, ignore_errors=True)
     return ExtractStats(todo, len(probes.examples), tokens, time.perf_counter() - t0)

@@ -205,10 +205,6 @@ class Store:
             raise
         return final
 
-    def files(self, table: str) -> list[Path]:
-        d = self.table_dir(table)
-        return sorted(d.glob("**/*.parquet")) if d.exists() else []
-
     def clean_staging(self, older_than_s: float = 3600.0) -> list[str]:
         """Remove what killed runs left in `_staging` (never visible to readers): entries whose
         owner's lock nobody holds, and unowned entries (old trash) older than `older_than_s`.

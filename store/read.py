@@ -11,7 +11,7 @@ from .layout import Store, StoreError
 
 
 def layers_stored(store: Store, model: str, concept: str) -> list[int]:
-    d = store.table_dir("activations") / f"model={model}" / f"concept={concept}"
+    d = store.partition_dir("activations", {"model": model, "concept": concept, "layer": 0}).parent
     if not d.exists():
         return []
     return sorted(int(p.name.split("=", 1)[1]) for p in d.glob("layer=*") if p.is_dir())
