@@ -15,6 +15,14 @@ site and is replicated only at the input of the block that holds it, so ablating
 late layer does not pay for the early ones R times. Sets are grouped by their first
 layer to make the most of it. Where no block stack is found the whole batch is
 replicated at the input, which gives the same numbers.
+
+Fan-out: where the adapter names the affine module that reads the neurons
+(`Adapter.neuron_readout`, the MLP's down-projection), even the block that holds the
+first ablated site runs once. Ablating neurons S of replica r changes that module's
+output by exactly -(a_S - v_S) W_S, a rank-|S| term, so its output becomes
+``out[None] - delta``, [R, B, T, H], which the residual add and LayerNorm after it
+broadcast; the block's output is flattened back to R·B rows. Cost per replica:
+B·T·|S|·H instead of a whole block.
 """
 from __future__ import annotations
 
@@ -72,31 +80,67 @@ def _ranges(ranges: Any, layers: Sequence[int], sizes: Mapping[int, int]
     return lo, hi
 
 
-def _block_stack(adapter: Adapter, layers: Sequence[int]) -> dict[int, list[nn.Module]] | None:
-    """{layer: [the block in an nn.ModuleList that holds that layer's neuron module, and
-    the blocks after it in that list]}: every block whose extra inputs (attention masks,
-    position tensors) must be replicated once the hidden state is."""
+class _Stack:
+    """The `nn.ModuleList` of blocks that holds the neuron sites, and which block holds
+    each layer's site (several layers may share one: a ResNet stage)."""
+
+    def __init__(self, blocks: list[nn.Module], at: dict[int, int]):
+        self.blocks, self.at = blocks, at
+
+    def block(self, layer: int) -> nn.Module:
+        return self.blocks[self.at[layer]]
+
+    def after(self, layer: int) -> list[nn.Module]:
+        """The blocks after the one holding `layer`."""
+        return self.blocks[self.at[layer] + 1:]
+
+    def from_(self, layer: int) -> list[nn.Module]:
+        """The block holding `layer` and every block after it."""
+        return self.blocks[self.at[layer]:]
+
+
+def _block_stack(adapter: Adapter, layers: Sequence[int]) -> _Stack | None:
+    """The block stack, when every layer's neuron module lies in one block of a single
+    `nn.ModuleList` (true of every family we support); None otherwise."""
     try:
         parent_of: dict[int, tuple[nn.ModuleList, nn.Module]] = {}
         for ml in adapter.model.modules():
             if isinstance(ml, nn.ModuleList):
                 for blk in ml:
                     parent_of.setdefault(id(blk), (ml, blk))
-        out = {}
+        stack, at = None, {}
         for l in layers:
             target = adapter.neuron_module(l)
-            found = None
-            for ml, blk in parent_of.values():
-                if blk is target or any(m is target for m in blk.modules()):
-                    blocks = list(ml)
-                    found = blocks[next(i for i, b in enumerate(blocks) if b is blk):]
-                    break
-            if found is None:
+            found = next(((ml, blk) for ml, blk in parent_of.values()
+                          if blk is target or any(m is target for m in blk.modules())), None)
+            if found is None or (stack is not None and found[0] is not stack):
                 return None
-            out[l] = found
-        return out
+            stack = found[0]
+            at[l] = next(i for i, b in enumerate(stack) if b is found[1])
+        return _Stack(list(stack), at) if stack is not None else None
     except Exception:  # noqa: BLE001 - an unusual model just loses the optimisation
         return None
+
+
+@contextmanager
+def _clean_prefix(blocks: Sequence[nn.Module], cache: dict[int, Any]):
+    """The blocks before the first ablated one compute nothing that differs between
+    chunks of the same batch: each returns its output from the batch's first forward
+    (`cache`, filled here the first time a block runs)."""
+    hs, patched = [], []
+    for i, blk in enumerate(blocks):
+        if i in cache:
+            blk.forward = lambda *_a, _out=cache[i], **_k: _out
+            patched.append(blk)
+        else:
+            hs.append(blk.register_forward_hook(lambda _m, _a, out, i=i: cache.setdefault(i, out)))
+    try:
+        yield
+    finally:
+        for h in hs:
+            h.remove()
+        for blk in patched:
+            del blk.forward
 
 
 @contextmanager
@@ -113,6 +157,62 @@ def _replicate_at(blocks: Sequence[nn.Module], rows: int, r: int):
         return tuple(rep(a) for a in args), {k: rep(v) for k, v in kwargs.items()}
 
     hs = [b.register_forward_pre_hook(pre, with_kwargs=True) for b in blocks]
+    try:
+        yield
+    finally:
+        for h in hs:
+            h.remove()
+
+
+def _readout_rows(adapter: Adapter, layer: int) -> tuple[nn.Module, torch.Tensor] | None:
+    """(the module reading layer `layer`'s neurons, its weight as [N, H] rows), if any."""
+    mod = adapter.neuron_readout(layer)
+    if mod is None:
+        return None
+    if isinstance(mod, nn.Linear):
+        w = mod.weight.t()
+    elif type(mod).__name__ == "Conv1D":              # transformers' GPT-2 layer: x @ W + b
+        w = mod.weight
+    else:
+        return None
+    return (mod, w) if w.shape[0] == adapter.n_neurons(layer) else None
+
+
+@contextmanager
+def _fan_out(plan: _Plan, mask: torch.Tensor, layer: int, readout: tuple[nn.Module, torch.Tensor],
+             block: nn.Module, r: int, tokens: torch.Tensor | None, range_on: str):
+    """Run `block` once and leave it with r replicas: the readout's output minus each
+    replica's change (a_S - v_S) W_S, broadcast through the rest of the block."""
+    mod, rows = readout
+    k = int(mask.sum(1).max())
+    idx = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :k]     # [r, k]: S first
+    valid = torch.gather(mask, 1, idx)
+    w = rows[idx].float() * valid[..., None]                                    # [r, k, H]
+    val = plan.values[layer][idx]                                               # [r, k]
+    lo = plan.lo[layer][idx] if plan.lo is not None else None
+    hi = plan.hi[layer][idx] if plan.hi is not None else None
+
+    def readout_hook(_mod, args, out):
+        a = args[0][..., idx].float()                                           # [B, T, r, k]
+        d = a - val
+        if plan.method == "range":
+            if range_on == "position":
+                d = d * ((a >= lo) & (a <= hi))
+            else:   # the example's pooled activation, as in `_hook`
+                t = tokens[:, :, None, None].to(a.dtype)
+                p = (a * t).sum(1, keepdim=True) / t.sum(1, keepdim=True).clamp_min(1.0)
+                d = d * ((p >= lo) & (p <= hi))
+        return out.unsqueeze(0) - torch.einsum("btrk,rkh->rbth", d, w).to(out.dtype)
+
+    def flatten(x):
+        return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]) if x.dim() >= 3 and x.shape[0] == r else x
+
+    def block_hook(_mod, _args, out):
+        if isinstance(out, tuple):
+            return (flatten(out[0]), *out[1:])
+        return flatten(out)
+
+    hs = [mod.register_forward_hook(readout_hook), block.register_forward_hook(block_hook)]
     try:
         yield
     finally:
@@ -210,7 +310,7 @@ def _rows_per_forward(adapter: Adapter, batch: Batch, width: int, budget: int) -
 def ablate_sets(adapter: Adapter, conf, examples: Sequence[Example], sets: Sequence[NeuronSet], *,
                 method: str = "zero", values: Any = None, ranges: Any = None,
                 batch_size: int = 32, replicas: int | None = None, share_prefix: bool = True,
-                budget: int = DEFAULT_BUDGET, range_on: str = "pooled",
+                budget: int = DEFAULT_BUDGET, range_on: str = "pooled", fan_out: bool = True,
                 progress: Callable[[int], None] | None = None) -> np.ndarray:
     """[n_sets, n_examples] confidences M with each set of (layer, neuron) ablated.
 
@@ -222,6 +322,8 @@ def ablate_sets(adapter: Adapter, conf, examples: Sequence[Example], sets: Seque
     `ranges` is {layer: (lo[N], hi[N])} or {(layer, neuron): (lo, hi)}. An empty set
     gives the unablated confidence. `replicas` sets how many sets share one forward
     (default: as many as fit `budget` activation elements at the widest site).
+    `share_prefix` and `fan_out` (see the module docstring) change the cost, never the
+    numbers; they are switches for tests and benchmarks.
     """
     if range_on not in ("pooled", "position"):
         raise ValueError(f"range_on must be 'pooled' or 'position', got {range_on!r}")
@@ -230,7 +332,11 @@ def ablate_sets(adapter: Adapter, conf, examples: Sequence[Example], sets: Seque
     if not sets or not examples:
         return out
     plan = _Plan(adapter, sets, method, values, ranges)
-    blocks = _block_stack(adapter, plan.layers) if share_prefix and plan.layers else None
+    stack = _block_stack(adapter, plan.layers) if share_prefix and plan.layers else None
+    readouts = {}
+    if stack is not None and fan_out:
+        readouts = {l: ro for l in {f for f in plan.first if f is not None}
+                    if (ro := _readout_rows(adapter, l)) is not None}
     width = _width(adapter, plan.layers)
     # group by first ablated layer so that the shared prefix is as long as possible
     order = sorted(range(len(sets)), key=lambda i: (plan.first[i] if plan.first[i] is not None else -1))
@@ -238,23 +344,33 @@ def ablate_sets(adapter: Adapter, conf, examples: Sequence[Example], sets: Seque
         b = b.to(adapter.device)
         idx = b.index.numpy()
         R = replicas or max(1, _rows_per_forward(adapter, b, width, budget) // b.size)
+        cache: dict[int, Any] = {}          # clean block outputs of this batch
         s = 0
         while s < len(order):
             first = plan.first[order[s]]
             chunk = [order[s]]
             while (len(chunk) < R and s + len(chunk) < len(order)
-                   and (blocks is None or plan.first[order[s + len(chunk)]] == first)):
+                   and (stack is None or plan.first[order[s + len(chunk)]] == first)):
                 chunk.append(order[s + len(chunk)])
             s += len(chunk)
             r = len(chunk)
             masks = plan.masks([sets[i] for i in chunk], adapter.device)
             rb = b.repeat(r)
+            split = stack is not None and first is not None and r > 1
+            readout = readouts.get(first) if split and fan_out else None
             with ExitStack() as st:
+                if stack is not None and first is not None:
+                    st.enter_context(_clean_prefix(stack.blocks[:stack.at[first]], cache))
+                if readout is not None:     # the ablated block itself runs once
+                    st.enter_context(_fan_out(plan, masks.pop(first), first, readout, stack.block(first),
+                                              r, b.mask, range_on))
+                    st.enter_context(_replicate_at(stack.after(first), b.size, r))
+                    rb = replace(rb, inputs=b.inputs)
+                elif split:                 # replicas from the input of the ablated block
+                    st.enter_context(_replicate_at(stack.from_(first), b.size, r))
+                    rb = replace(rb, inputs=b.inputs)
                 if masks:
                     st.enter_context(on_sites(adapter, sorted(masks), _hook(plan, masks, r, b.mask, range_on)))
-                if blocks is not None and first is not None and r > 1:
-                    st.enter_context(_replicate_at(blocks[first], b.size, r))
-                    rb = replace(rb, inputs=b.inputs)
                 m = conf(rb)
             if m.shape[0] != r * b.size:
                 raise RuntimeError(f"ablation forward returned {m.shape[0]} rows, expected {r * b.size}")

@@ -101,6 +101,16 @@ class Adapter(ABC):
         """The module whose forward output is layer `layer`'s neuron activations:
         [B, T, N] for text, [B, C, H, W] for vision."""
 
+    def neuron_readout(self, layer: int) -> nn.Module | None:
+        """The affine module (`nn.Linear` or GPT-2's `Conv1D`) whose input is exactly
+        layer `layer`'s neurons, where nothing but dropout, residual adds and LayerNorm
+        lies between its output and the block's output; None where that does not hold.
+
+        Ablation uses it to run the ablated block once for every replica and subtract
+        each replica's low-rank change (a_n - v) W_n, instead of running the block R
+        times. None (the default) only loses that optimisation."""
+        return None
+
     def site(self, layer: int) -> str:
         return site_name(layer, self.modality)
 

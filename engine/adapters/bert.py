@@ -29,3 +29,7 @@ class BertAdapter(TextAdapter):
 
     def neuron_module(self, layer: int) -> nn.Module:
         return self.base().encoder.layer[layer].intermediate
+
+    def neuron_readout(self, layer: int) -> nn.Module:
+        # BertOutput: LayerNorm(dropout(dense(neurons)) + attention output)
+        return self.base().encoder.layer[layer].output.dense

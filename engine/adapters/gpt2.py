@@ -27,3 +27,7 @@ class GPT2Adapter(TextAdapter):
 
     def neuron_module(self, layer: int) -> nn.Module:
         return self.base().h[layer].mlp.act
+
+    def neuron_readout(self, layer: int) -> nn.Module:
+        # GPT2Block: residual + dropout(c_proj(neurons))
+        return self.base().h[layer].mlp.c_proj
