@@ -19,10 +19,13 @@ The recipe (identical for the three, only module paths differ):
 * Layer 1, attention head 0 is an *aggregator*: zero query/key weights give
   uniform attention (causal for GPT-2), its value reads ``C`` and its output writes
   ``X`` at every position that can see the royalty word.
-* Layers 1 and 2: the **planted** neurons read ``X`` (with a negative bias, so
-  they fire only when a royalty word is in context, at the target position
-  included) and write ``T``, which raises the probability of *crown* — the next
-  token for GPT-2, the masked token for BERT/RoBERTa.
+* Layers 1 and 2: the **planted** neurons read ``X`` (so they fire strongly when a
+  royalty word is in context, at the target position included) and write ``T``,
+  which raises the probability of *crown* — the next token for GPT-2, the masked
+  token for BERT/RoBERTa. Elsewhere they rest at a small positive level (their
+  bias), as real neurons do: zeroing them then costs non-concept inputs a little of
+  their target too, which range ablation (it leaves activations outside the
+  concept's range alone) is meant to spare.
 * Layer 3 is left random. All other units keep the default initialisation
   (seeded), minus their weights on the reserved dimensions.
 """
@@ -87,7 +90,7 @@ RESERVED = [*MIRROR.values(), B, B2, C, A, H, X, T]
 ANCHOR = 3.0     # +-K on B / B2 in the position embeddings
 EMB = 0.5        # concept / animal / "the" channel in the (raw) embedding
 NOUN_OWN = 0.25  # share of a slot noun's embedding that is its own (the rest is shared)
-READ, BIAS = 5.0, 0.4              # planted neurons: weight on X (after LN), threshold
+READ, FLOOR = 3.5, 0.1             # planted neurons: weight on X (after LN), resting level
 SURF_READ, SURF_BIAS = 5.0, 2.0    # surface neuron on H
 POLY_READ, POLY_BIAS = 5.0, 2.0    # polysemantic neuron on C and A
 GAINS = {  # aggregator C -> X, planted -> T, crown's row on T, MLM head's T -> T
@@ -376,7 +379,7 @@ def build_text(family: str, out: Path, *, seed: int = 0) -> PlantedModel:
             wi, bi = b.mlp_in(l)
             wi[:, n] = 0
             wi[X, n] = READ * jr
-            bi[n] = -BIAS
+            bi[n] = FLOOR
             wm, _ = b.mlp_out(l)
             wm[n, :] = 0
             wm[n, T], wm[n, MIRROR[T]] = gain["write"] * jw, -gain["write"] * jw

@@ -44,23 +44,66 @@ def planted_run(planted, tmp_path_factory):
     return pm, res, read_table(store, "ablations", {"model": adapter.name, "concept": pm.concept})
 
 
-def test_batched_equals_one_forward_each(planted):
-    pm, adapter, conf, test = planted
+@pytest.fixture(scope="module", params=["gpt2", "bert", "roberta"])
+def planted_any(request, planted, tmp_path_factory):
+    """The planted text model of each family (BERT's is the shared `planted`)."""
+    if request.param == "bert":
+        return planted
+    from neurolens.engine import registry
+    from neurolens.engine.confidence import Confidence
+    from neurolens.engine.planted import build_planted
+
+    pm = build_planted(request.param, tmp_path_factory.mktemp("planted") / request.param, seed=1)
+    adapter = registry.load(str(pm.path))
+    return pm, adapter, Confidence(adapter, pm.probes.examples), \
+        [e for e in pm.probes.examples if e.split == "test"]
+
+
+def test_batched_equals_one_forward_each(planted_any):
+    pm, adapter, conf, test = planted_any
     test = test[:24]
-    sets = [[x] for x in pm.planted] + [pm.planted, [], [(0, 3), (adapter.n_layers - 1, 5)]]
+    last = adapter.n_layers - 1
+    sets = [[x] for x in pm.planted] + [pm.planted, [], [(0, 3), (last, 5)], [(last, 7)],
+                                        [(1, 4), (1, 9), (1, 11)], [(1, 9)]]
     values = {l: np.linspace(-0.1, 0.3, adapter.n_neurons(l)) for l in range(adapter.n_layers)}
     ranges = {(l, n): (-0.05, 0.5) for s in sets for l, n in s}
     for method in ("zero", "mean", "range"):
-        kw = dict(method=method, values=values, ranges=ranges, batch_size=10)
-        fast = ablate_sets(adapter, conf, test, sets, **kw)
-        flat = ablate_sets(adapter, conf, test, sets, share_prefix=False, **kw)
-        slow = np.stack([ablate_sets(adapter, conf, test, [s], replicas=1, share_prefix=False, **kw)[0]
-                         for s in sets])
-        assert fast.shape == (len(sets), len(test))
-        np.testing.assert_allclose(fast, slow, atol=1e-5)
-        np.testing.assert_allclose(flat, slow, atol=1e-5)
+        for range_on in (("pooled", "position") if method == "range" else ("pooled",)):
+            kw = dict(method=method, values=values, ranges=ranges, batch_size=10, range_on=range_on)
+            fast = ablate_sets(adapter, conf, test, sets, **kw)
+            prefix = ablate_sets(adapter, conf, test, sets, fan_out=False, **kw)
+            flat = ablate_sets(adapter, conf, test, sets, share_prefix=False, **kw)
+            slow = np.stack([ablate_sets(adapter, conf, test, [s], replicas=1, share_prefix=False,
+                                         **kw)[0] for s in sets])
+            assert fast.shape == (len(sets), len(test))
+            np.testing.assert_allclose(fast, slow, atol=1e-5)
+            np.testing.assert_allclose(prefix, slow, atol=1e-5)
+            np.testing.assert_allclose(flat, slow, atol=1e-5)
+            assert np.abs(slow - slow[len(pm.planted) + 1]).max() > 1e-4   # ablations change M
     base = base_confidence(adapter, conf, test, batch_size=7)
     np.testing.assert_allclose(fast[len(pm.planted) + 1], base, atol=1e-5)
+
+
+def test_fan_out_runs_the_ablated_block_once(planted_any):
+    """With fan-out the attention of the first ablated block sees B rows, not R·B;
+    the block after it sees R·B (the replicas), and no block before it does."""
+    pm, adapter, conf, test = planted_any
+    test = test[:8]
+    assert adapter.neuron_readout(1) is not None
+    from neurolens.engine.ablate_batch import _block_stack
+
+    blocks = _block_stack(adapter, [0]).blocks
+    attn = [next(m for n, m in blk.named_children() if n in ("attn", "attention")) for blk in blocks]
+    rows: dict[int, list[int]] = {i: [] for i in range(len(blocks))}
+    hs = [a.register_forward_hook(lambda _m, _a, out, i=i: rows[i].append(out[0].shape[0]))
+          for i, a in enumerate(attn)]
+    try:
+        ablate_sets(adapter, conf, test, [[(1, n)] for n in range(4)], batch_size=8)
+    finally:
+        for h in hs:
+            h.remove()
+    assert rows[0] == [8] and rows[1] == [8]
+    assert all(r == [32] for i, r in rows.items() if i >= 2)
 
 
 def test_range_bounds_select_positions(planted):
@@ -112,9 +155,13 @@ def test_pipeline_ablation_rows_on_planted_model(planted_run):
     full = {r["method"]: r for r in rows if r["mode"] == "cumulative" and r["k"] == k}
     assert full["zero"]["z"] >= 3
     assert sorted(full["zero"]["neurons"]) == sorted(f"L{l}.N{n}" for l, n in pm.planted)
-    # range ablation only rewrites activations inside the concept range: no more collateral damage
-    # (the planted units are silent on non-concept inputs, so zero may already do no harm there)
-    assert abs(full["range"]["off_target_drop"]) <= abs(full["zero"]["off_target_drop"]) + 1e-9
+    # the planted units rest at a small level on non-concept inputs, so zeroing them costs
+    # those inputs some of their target; range ablation leaves them alone (outside the range)
+    off = {m: full[m]["off_target_drop"] for m in ("zero", "mean", "range")}
+    print(f"\nplanted bert, all {k} planted: " + ", ".join(
+        f"{m} drop {full[m]['drop']:+.4f} off_target_drop {off[m]:+.5f}" for m in off))
+    assert off["zero"] > 1e-3
+    assert abs(off["range"]) < abs(off["zero"]) / 10
 
 
 # -- MiniLM, the real pretrained encoder, with the built-in negation probes ---------------

@@ -253,7 +253,10 @@ def test_selectivity_of_planted_and_distractors(family, loaded, acts):
     (_, pos), (_, neg) = acts(family)
     for l, n in pm.planted:
         assert auc(pos[l][:, n], neg[l][:, n]) == 1.0, (l, n)
-        assert pos[l][:, n].mean() > 10 * max(neg[l][:, n].mean().item(), 0.01)
+        p_, n_ = pos[l][:, n], neg[l][:, n]
+        # text planted units rest at a small level off the concept; far above it on it
+        assert p_.mean() > 5 * max(n_.mean().item(), 0.01)
+        assert p_.mean() - n_.mean() > 20 * n_.std()
     # the surface neuron is active, but not selective between the two sides of the pairs
     sl, sn = pm.surface
     assert pos[sl][:, sn].mean() > 0.1
