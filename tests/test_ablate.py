@@ -87,7 +87,7 @@ def test_batched_equals_one_forward_each(planted_any):
 def test_fan_out_runs_the_ablated_block_once(planted_any):
     """With fan-out the attention of the first ablated block sees B rows, not R·B;
     the block after it sees R·B (the replicas), and no block before it does."""
-    pm, adapter, conf, test = planted_any
+    _, adapter, conf, test = planted_any
     test = test[:8]
     assert adapter.neuron_readout(1) is not None
     from neurolens.engine.ablate_batch import _block_stack
