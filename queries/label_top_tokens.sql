@@ -1,4 +1,4 @@
--- description: The tokens each neuron of one model fires on most, over the stored top examples of every concept (special tokens left out).
+-- description: The tokens each neuron of one model fires on most, over the stored top examples of every concept (special tokens and punctuation left out).
 -- param: model VARCHAR
 -- param: near DOUBLE = 0.9
 -- param: n_tokens INTEGER = 5
@@ -18,7 +18,8 @@ WITH tok AS (
     SELECT layer, neuron, word,
            count(DISTINCT concept || ':' || example_id) AS n_examples, sum(act) AS total
     FROM clean
-    WHERE ex_max > 0 AND act >= $near * ex_max AND trim(word) <> ''
+    -- a label names words: a peak on punctuation alone (',' '.' '!') says nothing
+    WHERE ex_max > 0 AND act >= $near * ex_max AND regexp_matches(word, '[\pL\pN]')
     GROUP BY ALL
 )
 SELECT layer, neuron,

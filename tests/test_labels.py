@@ -167,3 +167,29 @@ def test_simulation_score_is_a_correlation():
     assert abs(r[0] - want) < 0.02
     assert abs(r[1]) < 0.2
     assert r[2] == 0.0
+
+
+def test_label_tokens_are_words(tmp_path):
+    """Peaks on punctuation or special tokens never become label tokens; word pieces and
+    byte-level markers are normalised."""
+    import pyarrow as pa
+
+    from neurolens.queries.runner import named
+    from neurolens.store.schema import TOP_EXAMPLES
+
+    store = Store(tmp_path / "store")
+    rows = [  # (example, tokens, activations): neuron 0 peaks on ',' '.' [SEP] and on words
+        (0, ["[CLS]", "the", "king", ",", "[SEP]"], [0.0, 0.1, 0.95, 1.0, 1.2]),
+        (1, ["[CLS]", "a", "queen", ".", "[SEP]"], [0.0, 0.1, 1.0, 0.95, 0.2]),
+        (2, ["<s>", "\u0120King", "!", "</s>"], [0.0, 0.92, 1.0, 0.1]),
+        (3, ["[CLS]", "play", "##ed", "[SEP]"], [0.0, 0.2, 1.0, 0.1]),
+    ]
+    te = pa.Table.from_pydict({
+        "layer": [0] * len(rows), "neuron": [0] * len(rows), "example_id": [r[0] for r in rows],
+        "activation": [1.0] * len(rows), "tokens": [r[1] for r in rows],
+        "token_acts": [r[2] for r in rows], "run_id": ["r"] * len(rows)}, schema=TOP_EXAMPLES)
+    store.write_partition("top_examples", {"model": "m", "concept": "royalty"}, te, key="r", run_id="r")
+    got = named(store.root, "label_top_tokens", model="m", n_tokens=10)
+    toks = got.row(0, named=True)["top_tokens"]
+    assert toks[0] == "king"                       # two examples peak on it (one as 'ĠKing')
+    assert set(toks) == {"king", "queen", "##ed"}
