@@ -102,6 +102,7 @@ def run(cfg: RunConfig, *, adapter: Adapter | None = None, probes: ProbeSet | No
     store.ensure()
     if shard.main:
         store.clean_staging()  # what killed runs left; never a live run's
+        store.reap_runs()      # and their rows: `running` -> `killed`
     adapter = adapter or registry.load(cfg.model, device=cfg.device, dtype=cfg.dtype)
     if probes.modality != adapter.modality:
         raise ModelError(f"concept {probes.concept!r} is a {probes.modality} concept but "
@@ -118,24 +119,27 @@ def run(cfg: RunConfig, *, adapter: Adapter | None = None, probes: ProbeSet | No
                 concept=probes.concept, probe_sha=probes.sha, n_pos=probes.n_pos, n_neg=probes.n_neg,
                 layers=layers, pooling=cfg.pooling, device=str(adapter.device),
                 world_size=shard.world, versions=versions(), dtype=cfg.dtype, started_at=started)
-    if shard.main:
-        store.write_run(_run_row(**base, status="running"), run_id)
-    try:
-        return _stages(cfg, adapter, probes, store, shard, bars, layers, msha, res, base)
-    except BaseException:
-        if shard.main:  # the run's row says what happened; its partitions stay as they were
-            with contextlib.suppress(Exception):
-                store.write_run(_run_row(**base, status="failed",
-                                         finished_at=dt.datetime.now(dt.timezone.utc)), run_id)
-        raise
+    # the run's lock: held for its whole life (the kernel drops it however the process
+    # dies), so the next run can tell a dead `running` row from a live one
+    with store.claimed(f"run-{run_id}"):
+        if shard.main:
+            store.write_run(_run_row(**base, status="running"), run_id)
+        try:
+            return _stages(cfg, adapter, probes, store, shard, bars, layers, msha, res, base)
+        except BaseException:
+            if shard.main:  # the run's row says what happened; its partitions stay as they were
+                with contextlib.suppress(Exception):
+                    store.write_run(_run_row(**base, status="failed",
+                                             finished_at=dt.datetime.now(dt.timezone.utc)), run_id)
+            raise
 
 
 def _stages(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Store, shard: Shard, bars: Bars,
             layers: list[int], msha: str, res: RunResult, base: dict) -> RunResult:
     run_id = res.run_id
     t0 = time.perf_counter()
-    with bars.stage(f"extract {adapter.name}/{probes.concept}", len(probes.examples)) as tick, \
-            store.claimed(f"run-{run_id}"):  # extract stages under _staging/run-<id>
+    # extract stages under _staging/run-<id>, owned by the run's lock
+    with bars.stage(f"extract {adapter.name}/{probes.concept}", len(probes.examples)) as tick:
         stats = extract(adapter, probes, store, layers=layers, run_id=run_id, pooling=cfg.pooling,
                         dtype=cfg.dtype, batch_size=cfg.batch_size, shard=shard, progress=tick)
     res.seconds["extract"] = time.perf_counter() - t0

@@ -205,6 +205,37 @@ class Store:
             raise
         return final
 
+    def reap_runs(self) -> list[str]:
+        """Rows of runs that died without a word (SIGKILL, a lost machine): status
+        `running`, but nobody holds the run's lock (`run-<id>`, held by a run for its
+        whole life). Their status becomes `killed`. Returns those run ids."""
+        import pyarrow.dataset as ds
+
+        d = self.table_dir("runs")
+        files = sorted(d.glob("run-*.parquet"))
+        if not files:
+            return []
+        try:
+            running = ds.dataset(files, format="parquet").to_table(
+                columns=["run_id"], filter=ds.field("status") == "running").column("run_id").to_pylist()
+        except (OSError, pa.ArrowException):
+            return []   # a corrupt runs file is for `neurolens query` to report, not for this
+        reaped = []
+        for run_id in running:
+            lock = self.root / "_staging" / f".run-{run_id}.lock"
+            with contextlib.suppress(OSError):
+                if lock.exists() and _held(lock):
+                    continue
+                f = d / f"run-{check_name('run', run_id)}.parquet"
+                row = pq.read_table(f)
+                if row.column("status")[0].as_py() != "running":
+                    continue
+                i = row.schema.get_field_index("status")
+                self.write_run(row.set_column(i, row.schema.field(i), pa.array(["killed"], pa.string())),
+                               run_id)
+                reaped.append(run_id)
+        return reaped
+
     def clean_staging(self, older_than_s: float = 3600.0) -> list[str]:
         """Remove what killed runs left in `_staging` (never visible to readers): entries whose
         owner's lock nobody holds, and unowned entries (old trash) older than `older_than_s`.

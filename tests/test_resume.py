@@ -183,6 +183,14 @@ def test_kill_9_then_resume_gives_the_same_scores(planted_factory, tmp_path):
     # the killed runs' staging is gone once the next run has started and finished
     left = [p.name for p in staging.iterdir() if not p.name.startswith(".")]
     assert left == [], left
+    # and their rows no longer say `running`: the last run saw nobody held their locks
+    import pyarrow.parquet as pq
+
+    status = sorted(pq.read_table(f).column("status")[0].as_py()
+                    for f in (store / "runs").glob("run-*.parquet"))
+    n_killed = list(got.values()).count("killed")
+    assert status.count("killed") == n_killed and "running" not in status, status
+    assert status.count("done") == len(status) - n_killed, status
 
 
 @pytest.mark.slow
@@ -221,6 +229,32 @@ def _hold(root: Path, owner: str) -> subprocess.Popen:
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "ready"
     return p
+
+
+def test_reap_runs_marks_dead_running_rows_only(tmp_path):
+    from neurolens.pipeline import _run_row
+
+    store = Store(tmp_path / "store")
+    store.ensure()
+    live = _hold(store.root, "run-live")
+    dead = _hold(store.root, "run-dead")
+    dead.send_signal(signal.SIGKILL)
+    dead.wait()
+    for run_id, status in (("live", "running"), ("dead", "running"), ("gone", "running"),
+                           ("ok", "done"), ("bad", "failed")):
+        store.write_run(_run_row(run_id=run_id, model="m", concept="c", status=status), run_id)
+    try:
+        assert sorted(store.reap_runs()) == ["dead", "gone"]   # "gone" never had a lock left
+        import pyarrow.parquet as pq
+
+        got = {f.stem[4:]: pq.read_table(f).to_pylist()[0] for f in (store.root / "runs").glob("run-*.parquet")}
+        assert {k: v["status"] for k, v in got.items()} == {
+            "live": "running", "dead": "killed", "gone": "killed", "ok": "done", "bad": "failed"}
+        assert got["dead"]["model"] == "m"                     # the rest of the row is kept
+        assert store.reap_runs() == []
+    finally:
+        live.kill()
+        live.wait()
 
 
 def test_clean_staging_removes_dead_runs_never_live_ones(tmp_path):
