@@ -35,6 +35,7 @@ class Shard:
     world: int = 1
     barrier: Callable[[], None] = lambda: None
     broadcast: Callable[[str], str] = lambda s: s
+    total: Callable[[int], int] = lambda n: n      # the sum over every process
 
     @classmethod
     def from_env(cls) -> Shard:
@@ -43,7 +44,7 @@ class Shard:
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return cls()
         from accelerate import PartialState
-        from accelerate.utils import broadcast_object_list
+        from accelerate.utils import broadcast_object_list, gather_object
 
         # on CPU, accelerate only forms a process group (gloo) when told it is a CPU job
         st = PartialState(cpu=not torch.cuda.is_available())
@@ -53,7 +54,10 @@ class Shard:
             broadcast_object_list(box, from_process=0)
             return box[0]
 
-        return cls(st.process_index, st.num_processes, st.wait_for_everyone, bcast)
+        def total(n: int) -> int:
+            return int(sum(gather_object([int(n)])))
+
+        return cls(st.process_index, st.num_processes, st.wait_for_everyone, bcast, total)
 
     @property
     def main(self) -> bool:
@@ -172,6 +176,7 @@ def extract(adapter: Adapter, probes: ProbeSet, store: Store, *, layers: Sequenc
         acts = bufs[l].cpu().numpy()  # only pooled fp16 crosses to the host
         write_parquet(acts_table(ids[order], acts[order], run_id), d / f"part-{run_id}-r{shard.rank}.parquet")
     shard.barrier()
+    tokens = shard.total(tokens)    # every process's share, for the runs row
     if shard.main:
         for l in todo:
             store.publish("activations", {**parts, "layer": l}, stage_root / f"layer={l}",

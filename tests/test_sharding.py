@@ -51,3 +51,9 @@ def test_two_processes_equal_one(planted_factory, tmp_path):
                                                              "layer": layer}).glob("*.parquet")))
     assert n_files == 6  # each process wrote its own partition files
     assert s2.marker("activations", {"model": name, "concept": pm.probes.concept, "layer": 0})["world_size"] == 2
+    # the runs row counts every process's tokens, not rank 0's alone
+    import pyarrow.parquet as pq
+
+    tok = [pq.read_table(next((s.root / "runs").glob("run-*.parquet"))).column("tokens")[0].as_py()
+           for s in (s1, s2)]
+    assert tok[0] > 0 and tok[0] == tok[1], tok
