@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+from scipy import stats
 
 from neurolens.store.layout import Store
 from neurolens.store.schema import ABLATIONS, EXAMPLES, LABELS, RUNS, SCORES, TOP_EXAMPLES
@@ -34,16 +35,6 @@ class Synthetic:
     frames: dict[str, pl.DataFrame] = field(default_factory=dict)
 
 
-def _bh(p: np.ndarray) -> np.ndarray:
-    n = p.size
-    order = np.argsort(p)
-    q = p[order] * n / np.arange(1, n + 1)
-    q = np.minimum.accumulate(q[::-1])[::-1]
-    out = np.empty(n)
-    out[order] = np.minimum(q, 1.0)
-    return out
-
-
 def _scores(rng: np.random.Generator, n_layers: int, width: int, planted: np.ndarray) -> dict:
     n = n_layers * width
     layer = np.repeat(np.arange(n_layers, dtype=np.int32), width)
@@ -54,7 +45,7 @@ def _scores(rng: np.random.Generator, n_layers: int, width: int, planted: np.nda
     selectivity = 2 * auc - 1
     p = rng.uniform(0.05, 1.0, n)
     p[planted] = 10.0 ** rng.uniform(-9, -4, planted.size)
-    q = _bh(p)
+    q = stats.false_discovery_control(p)   # Benjamini–Hochberg
     mean_neg = rng.normal(0, 0.1, n)
     std_pos, std_neg = rng.uniform(0.2, 1.0, n), rng.uniform(0.2, 1.0, n)
     cohens_d = selectivity * 3

@@ -74,16 +74,6 @@ def _sentences(concept: str, rng: np.random.Generator, n_pos: int, n_neg: int):
     return rows
 
 
-def _bh(p: np.ndarray) -> np.ndarray:
-    n = p.size
-    order = np.argsort(p)
-    q = p[order] * n / np.arange(1, n + 1)
-    q = np.minimum.accumulate(q[::-1])[::-1]
-    out = np.empty_like(q)
-    out[order] = np.clip(q, 0, 1)
-    return out
-
-
 def _scores(acts: np.ndarray, label: np.ndarray, train: np.ndarray, importance: np.ndarray,
             n_layers: int, n_neurons: int) -> dict[str, np.ndarray]:
     """acts: [examples, layers*neurons] float32 → the DESIGN "Scores" columns."""
@@ -101,7 +91,7 @@ def _scores(acts: np.ndarray, label: np.ndarray, train: np.ndarray, importance: 
         warnings.simplefilter("ignore")
         p = stats.ttest_ind(pos, neg, equal_var=False).pvalue
     p = np.nan_to_num(p, nan=1.0)
-    q = _bh(p)
+    q = stats.false_discovery_control(p)   # Benjamini–Hochberg
     p95 = np.quantile(neg, 0.95, axis=0)
     consistency = (pos > p95).mean(0)
     imp_pct = stats.rankdata(importance) / importance.size
