@@ -130,8 +130,9 @@ def _clean_prefix(blocks: Sequence[nn.Module], cache: dict[int, Any]):
     hs, patched = [], []
     for i, blk in enumerate(blocks):
         if i in cache:
+            # an instance-level forward (accelerate's dispatch hooks) is put back afterwards
+            patched.append((blk, blk.__dict__.get("forward")))
             blk.forward = lambda *_a, _out=cache[i], **_k: _out
-            patched.append(blk)
         else:
             hs.append(blk.register_forward_hook(lambda _m, _a, out, i=i: cache.setdefault(i, out)))
     try:
@@ -139,8 +140,11 @@ def _clean_prefix(blocks: Sequence[nn.Module], cache: dict[int, Any]):
     finally:
         for h in hs:
             h.remove()
-        for blk in patched:
-            del blk.forward
+        for blk, own in patched:
+            if own is None:
+                del blk.forward
+            else:
+                blk.forward = own
 
 
 @contextmanager

@@ -218,3 +218,33 @@ def test_minilm_top10_zero_ablation_beats_random_sets(minilm):
 def test_version_is_exported():
     assert isinstance(ablate.ABLATE_VERSION, int)
     assert ablate.MODES == ("single", "cumulative", "random")
+
+
+def test_clean_prefix_puts_back_an_instance_forward(planted):
+    """Blocks skipped with their cached output get their own forward back, including one
+    set on the instance (as accelerate's dispatch hooks do)."""
+    _, adapter, conf, test = planted
+    from neurolens.engine.ablate_batch import _block_stack
+
+    blocks = _block_stack(adapter, [0]).blocks
+    calls = []
+    orig = blocks[0].forward
+
+    def wrapped(*a, **k):
+        calls.append(1)
+        return orig(*a, **k)
+
+    blocks[0].forward = wrapped
+    try:
+        sets = [[(1, 3)], [(2, 5)], [(3, 7)]]           # three groups: blocks 0.. reused
+        got = ablate_sets(adapter, conf, test[:8], sets, batch_size=8)
+        slow = np.stack([ablate_sets(adapter, conf, test[:8], [s], replicas=1, share_prefix=False)[0]
+                         for s in sets])
+        np.testing.assert_allclose(got, slow, atol=1e-5)
+        assert blocks[0].forward is wrapped
+        n = len(calls)
+        ablate_sets(adapter, conf, test[:8], sets, batch_size=8)
+        assert len(calls) - n == 1                       # block 0 ran once for three groups
+    finally:
+        del blocks[0].forward
+    assert "forward" not in blocks[0].__dict__
