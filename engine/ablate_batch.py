@@ -208,8 +208,8 @@ def _fan_out(plan: _Plan, mask: torch.Tensor, layer: int, readout: tuple[nn.Modu
                 d = d * ((p >= lo) & (p <= hi))
         return out.unsqueeze(0) - torch.einsum("btrk,rkh->rbth", d, w).to(out.dtype)
 
-    def flatten(x):
-        return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]) if x.dim() >= 3 and x.shape[0] == r else x
+    def flatten(x):   # [r, B, T, H] -> [r·B, T, H]; anything else the block returns stays
+        return x.reshape(r * x.shape[1], *x.shape[2:]) if x.dim() == 4 and x.shape[0] == r else x
 
     def block_hook(_mod, _args, out):
         if isinstance(out, tuple):
