@@ -65,6 +65,13 @@ def run(smoke: bool = False) -> dict:
     err = max(float(np.abs(out[k] - out["one_each"]).max()) for k in out)
     if err > 1e-4:
         raise AssertionError(f"batched and one-at-a-time ablations differ by {err:g}")
+    # block passes of the batch, the cost an exact ablation cannot avoid on a compute-bound
+    # device: one forward each runs every block per set; batched runs each block before the
+    # deepest first layer once, each group's ablated block once, and the blocks after a
+    # set's layer once per set
+    L, firsts = adapter.n_layers, sorted({int(l) for l in layers})
+    passes = {"one_each": n_sets * L,
+              "batched": max(firsts) + len(firsts) + sum(L - 1 - int(l) for l in layers)}
     times = common.interleaved(jobs, reps, warmup=0, dev=adapter.device)
     med = {k: common.median(v) for k, v in times.items()}
     return {
@@ -79,6 +86,8 @@ def run(smoke: bool = False) -> dict:
         "median_s": med,
         "ratio": med["one_each"] / med["batched"],
         "ratio_prefix_only": med["one_each"] / med["prefix_only"],
+        "block_passes": passes,
+        "ratio_bound_compute": passes["one_each"] / passes["batched"],
         "max_abs_diff": err,
     }
 
@@ -94,6 +103,9 @@ def table(res: dict) -> str:
         f"| prefix only (replicas from the ablated block's input) | {m['prefix_only']:.3f} |",
         f"| batched (shared prefix + fan-out of the ablated block) | {m['batched']:.3f} |",
         f"| **speed-up** | **{res['ratio']:.2f}×** (prefix only {res['ratio_prefix_only']:.2f}×) |",
+        f"| block passes, one each / batched (the bound where compute is the limit) "
+        f"| {res['block_passes']['one_each']} / {res['block_passes']['batched']} "
+        f"= {res['ratio_bound_compute']:.2f}× |",
     ])
 
 
