@@ -22,7 +22,9 @@ first ablated site runs once. Ablating neurons S of replica r changes that modul
 output by exactly -(a_S - v_S) W_S, a rank-|S| term, so its output becomes
 ``out[None] - delta``, [R, B, T, H], which the residual add and LayerNorm after it
 broadcast; the block's output is flattened back to R·B rows. Cost per replica:
-B·T·|S|·H instead of a whole block.
+B·T·|S|·H instead of a whole block. Where a site's output is the whole stream the next
+block reads (`Adapter.site_is_stream`: ResNet blocks), the site hook itself widens the
+batch from B to R·B rows, which gives the same saving with no correction term.
 """
 from __future__ import annotations
 
@@ -270,12 +272,17 @@ class _Plan:
 
 
 def _hook(plan: _Plan, masks: dict[int, torch.Tensor], r: int, tokens: torch.Tensor | None,
-          range_on: str) -> Callable:
+          range_on: str, widen: int | None = None) -> Callable:
+    """The vectorised rewrite of every replica's sites. At layer `widen` the activations
+    arrive for the B examples once and leave as R·B rows (see `Adapter.site_is_stream`)."""
     def fn(layer: int, acts: torch.Tensor) -> torch.Tensor | None:
         mask = masks.get(layer)
         if mask is None:
             return None
-        a = acts.reshape(r, acts.shape[0] // r, *acts.shape[1:])
+        if layer == widen:
+            a = acts.unsqueeze(0).expand(r, *acts.shape)
+        else:
+            a = acts.reshape(r, acts.shape[0] // r, *acts.shape[1:])
         shape = [r] + [1] * (a.dim() - 1)
         if a.dim() == 5:                         # vision [R, B, C, H, W]: channel axis 2
             shape[2] = mask.shape[1]
@@ -297,7 +304,8 @@ def _hook(plan: _Plan, masks: dict[int, torch.Tensor], r: int, tokens: torch.Ten
                     w = tokens.view(1, -1, tokens.shape[-1], 1).to(af.dtype)  # [1, B, T, 1]
                     p = (af * w).sum(2, keepdim=True) / w.sum(2, keepdim=True).clamp_min(1.0)
                 m = m & (p >= lo) & (p <= hi)
-        return torch.where(m, val, a).reshape(acts.shape)
+        out = torch.where(m, val, a)
+        return out.reshape(r * out.shape[1], *out.shape[2:])
     return fn
 
 
@@ -360,8 +368,9 @@ def ablate_sets(adapter: Adapter, conf, examples: Sequence[Example], sets: Seque
             r = len(chunk)
             masks = plan.masks([sets[i] for i in chunk], adapter.device)
             rb = b.repeat(r)
-            split = stack is not None and first is not None and r > 1
+            split = first is not None and r > 1 and (stack is not None or adapter.site_is_stream)
             readout = readouts.get(first) if split and fan_out else None
+            widen = None
             with ExitStack() as st:
                 if stack is not None and first is not None:
                     st.enter_context(_clean_prefix(stack.blocks[:stack.at[first]], cache))
@@ -370,11 +379,15 @@ def ablate_sets(adapter: Adapter, conf, examples: Sequence[Example], sets: Seque
                                               r, b.mask, range_on))
                     st.enter_context(_replicate_at(stack.after(first), b.size, r))
                     rb = replace(rb, inputs=b.inputs)
-                elif split:                 # replicas from the input of the ablated block
+                elif split and fan_out and adapter.site_is_stream:
+                    widen = first           # replicas from the ablated site's output
+                    rb = replace(rb, inputs=b.inputs)
+                elif split and stack is not None:   # replicas from the ablated block's input
                     st.enter_context(_replicate_at(stack.from_(first), b.size, r))
                     rb = replace(rb, inputs=b.inputs)
                 if masks:
-                    st.enter_context(on_sites(adapter, sorted(masks), _hook(plan, masks, r, b.mask, range_on)))
+                    st.enter_context(on_sites(adapter, sorted(masks),
+                                              _hook(plan, masks, r, b.mask, range_on, widen)))
                 m = conf(rb)
             if m.shape[0] != r * b.size:
                 raise RuntimeError(f"ablation forward returned {m.shape[0]} rows, expected {r * b.size}")

@@ -44,9 +44,9 @@ def planted_run(planted, tmp_path_factory):
     return pm, res, read_table(store, "ablations", {"model": adapter.name, "concept": pm.concept})
 
 
-@pytest.fixture(scope="module", params=["gpt2", "bert", "roberta"])
+@pytest.fixture(scope="module", params=["gpt2", "bert", "roberta", "resnet"])
 def planted_any(request, planted, tmp_path_factory):
-    """The planted text model of each family (BERT's is the shared `planted`)."""
+    """The planted model of each family (BERT's is the shared `planted`)."""
     if request.param == "bert":
         return planted
     from neurolens.engine import registry
@@ -85,18 +85,26 @@ def test_batched_equals_one_forward_each(planted_any):
 
 
 def test_fan_out_runs_the_ablated_block_once(planted_any):
-    """With fan-out the attention of the first ablated block sees B rows, not R·B;
-    the block after it sees R·B (the replicas), and no block before it does."""
+    """The first ablated block computes B rows, not R·B: in a transformer its attention
+    sees B rows; in a ResNet the block's input does. The blocks after it see R·B (the
+    replicas), and no block before it does."""
     _, adapter, conf, test = planted_any
     test = test[:8]
-    assert adapter.neuron_readout(1) is not None
-    from neurolens.engine.ablate_batch import _block_stack
+    if adapter.modality == "vision":
+        assert adapter.site_is_stream
+        n = adapter.n_layers
+        rows: dict[int, list[int]] = {i: [] for i in range(n)}
+        hs = [adapter.neuron_module(i).register_forward_pre_hook(
+              lambda _m, a, i=i: rows[i].append(a[0].shape[0])) for i in range(n)]
+    else:
+        assert adapter.neuron_readout(1) is not None
+        from neurolens.engine.ablate_batch import _block_stack
 
-    blocks = _block_stack(adapter, [0]).blocks
-    attn = [next(m for n, m in blk.named_children() if n in ("attn", "attention")) for blk in blocks]
-    rows: dict[int, list[int]] = {i: [] for i in range(len(blocks))}
-    hs = [a.register_forward_hook(lambda _m, _a, out, i=i: rows[i].append(out[0].shape[0]))
-          for i, a in enumerate(attn)]
+        blocks = _block_stack(adapter, [0]).blocks
+        attn = [next(m for n, m in blk.named_children() if n in ("attn", "attention")) for blk in blocks]
+        rows = {i: [] for i in range(len(blocks))}
+        hs = [a.register_forward_hook(lambda _m, _a, out, i=i: rows[i].append(out[0].shape[0]))
+              for i, a in enumerate(attn)]
     try:
         ablate_sets(adapter, conf, test, [[(1, n)] for n in range(4)], batch_size=8)
     finally:

@@ -70,6 +70,10 @@ class Adapter(ABC):
     family: ClassVar[str]
     modality: ClassVar[Literal["text", "vision"]] = "text"
     model_types: ClassVar[tuple[str, ...]] = ()   # transformers `config.model_type`s handled
+    #: a site's output is the whole stream the next block reads (a ResNet block's output):
+    #: ablation may then widen the batch to its replicas right at the site, so the ablated
+    #: block runs once. False where blocks also pass masks or a residual (transformers).
+    site_is_stream: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, processor: Any, *, name: str, ref: str, kind: Kind,
                  device: torch.device, dtype: torch.dtype):

@@ -67,6 +67,7 @@ def load_images(examples: Sequence[Example]) -> np.ndarray:
 class ResNetAdapter(Adapter):
     family = "resnet"
     modality = "vision"
+    site_is_stream = True
     model_types = ("resnet",)
 
     def __init__(self, *a: Any, **kw: Any):

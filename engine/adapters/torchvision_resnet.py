@@ -20,6 +20,7 @@ ARCHS = {"resnet18": "ResNet18_Weights", "resnet50": "ResNet50_Weights"}
 class TorchvisionResNetAdapter(Adapter):
     family = "resnet"
     modality = "vision"
+    site_is_stream = True
     ref_prefix: ClassVar[str] = "torchvision:"
 
     def __init__(self, *a: Any, **kw: Any):
