@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -367,25 +366,24 @@ def ablate_sets(adapter: Adapter, conf, examples: Sequence[Example], sets: Seque
             s += len(chunk)
             r = len(chunk)
             masks = plan.masks([sets[i] for i in chunk], adapter.device)
-            rb = b.repeat(r)
-            split = first is not None and r > 1 and (stack is not None or adapter.site_is_stream)
-            readout = readouts.get(first) if split and fan_out else None
-            widen = None
+            # where the replicas start: the ablated block's readout (fan-out), the ablated
+            # site (widen), the ablated block's input (prefix), or the model's input
+            many = first is not None and r > 1
+            mode = ("fan_out" if many and fan_out and first in readouts else
+                    "widen" if many and fan_out and adapter.site_is_stream else
+                    "prefix" if many and stack is not None else "input")
+            rb = b.repeat(r, inputs=mode == "input")
             with ExitStack() as st:
                 if stack is not None and first is not None:
                     st.enter_context(_clean_prefix(stack.blocks[:stack.at[first]], cache))
-                if readout is not None:     # the ablated block itself runs once
-                    st.enter_context(_fan_out(plan, masks.pop(first), first, readout, stack.block(first),
-                                              r, b.mask, range_on))
+                if mode == "fan_out":       # the ablated block itself runs once
+                    st.enter_context(_fan_out(plan, masks.pop(first), first, readouts[first],
+                                              stack.block(first), r, b.mask, range_on))
                     st.enter_context(_replicate_at(stack.after(first), b.size, r))
-                    rb = replace(rb, inputs=b.inputs)
-                elif split and fan_out and adapter.site_is_stream:
-                    widen = first           # replicas from the ablated site's output
-                    rb = replace(rb, inputs=b.inputs)
-                elif split and stack is not None:   # replicas from the ablated block's input
+                elif mode == "prefix":
                     st.enter_context(_replicate_at(stack.from_(first), b.size, r))
-                    rb = replace(rb, inputs=b.inputs)
                 if masks:
+                    widen = first if mode == "widen" else None
                     st.enter_context(on_sites(adapter, sorted(masks),
                                               _hook(plan, masks, r, b.mask, range_on, widen)))
                 m = conf(rb)

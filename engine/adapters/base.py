@@ -55,10 +55,12 @@ class Batch:
                        concept_mask=mv(self.concept_mask), target_ids=mv(self.target_ids),
                        target_pos=mv(self.target_pos))
 
-    def repeat(self, r: int) -> Batch:
-        """The batch stacked r times (replica-major), for many ablations in one forward."""
+    def repeat(self, r: int, *, inputs: bool = True) -> Batch:
+        """The batch stacked r times (replica-major), for many ablations in one forward.
+        With `inputs=False` the model inputs stay as they are (the forward widens to the
+        replicas itself, inside the model); the rest is stacked."""
         rp = lambda t: None if t is None else t.repeat(r, *([1] * (t.dim() - 1)))  # noqa: E731
-        return replace(self, inputs={k: rp(v) for k, v in self.inputs.items()},
+        return replace(self, inputs={k: rp(v) for k, v in self.inputs.items()} if inputs else self.inputs,
                        index=self.index.repeat(r), labels=rp(self.labels), mask=rp(self.mask),
                        concept_mask=rp(self.concept_mask), target_ids=rp(self.target_ids),
                        target_pos=rp(self.target_pos), n_tokens=self.n_tokens * r)
