@@ -88,6 +88,9 @@ def check_config(cfg: RunConfig) -> None:
         raise ModelError(f"--top-k must be at least 1, got {cfg.top_k}")
 
 
+_REAPED: set[str] = set()   # stores whose dead `running` rows this process has marked
+
+
 def run(cfg: RunConfig, *, adapter: Adapter | None = None, probes: ProbeSet | None = None,
         bars: Bars | None = None, shard: Shard | None = None) -> RunResult:
     """Run the pipeline for one model × concept; returns what was found."""
@@ -102,7 +105,9 @@ def run(cfg: RunConfig, *, adapter: Adapter | None = None, probes: ProbeSet | No
     store.ensure()
     if shard.main:
         store.clean_staging()  # what killed runs left; never a live run's
-        store.reap_runs()      # and their rows: `running` -> `killed`
+        if str(store.root) not in _REAPED:   # and their rows, once per process (a sweep runs many)
+            store.reap_runs()
+            _REAPED.add(str(store.root))
     adapter = adapter or registry.load(cfg.model, device=cfg.device, dtype=cfg.dtype)
     if probes.modality != adapter.modality:
         raise ModelError(f"concept {probes.concept!r} is a {probes.modality} concept but "
