@@ -9,6 +9,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_configure(config):
+    """Under pytest-xdist, share the cores between the workers: each worker's torch
+    running a thread per core oversubscribes the machine, and spinning threads then
+    slow every worker down many times over."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 @pytest.fixture(scope="session")
 def planted_factory(tmp_path_factory):
     """build(family) -> PlantedModel, built once per test process."""
