@@ -169,6 +169,16 @@ def _replicate_at(blocks: Sequence[nn.Module], rows: int, r: int):
             h.remove()
 
 
+def _token_mean(a: torch.Tensor, tokens: torch.Tensor, axis: int) -> torch.Tensor:
+    """Mean of `a` over the real tokens (`tokens`: [B, T] 0/1) along `axis`, whose batch
+    axis is the one before it; kept as a size-1 axis. The pooled value the concept range
+    was measured on."""
+    shape = [1] * a.dim()
+    shape[axis - 1], shape[axis] = tokens.shape
+    t = tokens.view(shape).to(a.dtype)
+    return (a * t).sum(axis, keepdim=True) / t.sum(axis, keepdim=True).clamp_min(1.0)
+
+
 def _readout_rows(adapter: Adapter, layer: int) -> tuple[nn.Module, torch.Tensor] | None:
     """(the module reading layer `layer`'s neurons, its weight as [N, H] rows), if any."""
     mod = adapter.neuron_readout(layer)
@@ -204,8 +214,7 @@ def _fan_out(plan: _Plan, mask: torch.Tensor, layer: int, readout: tuple[nn.Modu
             if range_on == "position":
                 d = d * ((a >= lo) & (a <= hi))
             else:   # the example's pooled activation, as in `_hook`
-                t = tokens[:, :, None, None].to(a.dtype)
-                p = (a * t).sum(1, keepdim=True) / t.sum(1, keepdim=True).clamp_min(1.0)
+                p = _token_mean(a, tokens, axis=1)
                 d = d * ((p >= lo) & (p <= hi))
         return out.unsqueeze(0) - torch.einsum("btrk,rkh->rbth", d, w).to(out.dtype)
 
@@ -300,8 +309,7 @@ def _hook(plan: _Plan, masks: dict[int, torch.Tensor], r: int, tokens: torch.Ten
                 if af.dim() == 5:
                     p = af.mean(dim=(3, 4), keepdim=True)                    # [R, B, C, 1, 1]
                 else:
-                    w = tokens.view(1, -1, tokens.shape[-1], 1).to(af.dtype)  # [1, B, T, 1]
-                    p = (af * w).sum(2, keepdim=True) / w.sum(2, keepdim=True).clamp_min(1.0)
+                    p = _token_mean(af, tokens, axis=2)                        # [R, B, 1, N]
                 m = m & (p >= lo) & (p <= hi)
         out = torch.where(m, val, a)
         return out.reshape(r * out.shape[1], *out.shape[2:])

