@@ -4,6 +4,12 @@ Image `i` of a concept is regenerated from `(concept, i // 2)` alone: even
 indices are the concept, odd ones its matched negative (same colours, clutter
 and parameters, without the feature). Everything is vectorised numpy, a few
 milliseconds per 224x224 image, so no pixels are ever stored in the repo.
+
+Pair `p` belongs to style `p % N_GROUPS` (an orientation, a cell size, a
+spacing, a shade...): images of one style are correlated, so the style is the
+group, the unit of inference and of the train/test split. Every group holds
+both labels (paired design), and there are enough of them (32, 22 in train)
+for a group-level test to reach significance over many thousands of neurons.
 """
 from __future__ import annotations
 
@@ -19,8 +25,8 @@ from .split import assign_test_groups, labels_by_group
 from .types import Example, ProbeError
 
 SIZE = 224
-N_PAIRS = 150
-N_GROUPS = 10
+N_GROUPS = 32
+N_PAIRS = 5 * N_GROUPS
 PREFIX = "builtin:"
 _YY, _XX = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
 # One fixed sensor-noise field; each image takes a window at a random offset (cheap and deterministic).
@@ -64,7 +70,7 @@ def _paint(drawing: Drawing, noise: np.random.Generator) -> np.ndarray:
 
 
 def _stripes(group: int, rng: np.random.Generator, noise: np.random.Generator, pos: bool) -> Drawing:
-    theta = np.deg2rad(group * 18.0 + rng.uniform(-4, 4))
+    theta = np.deg2rad(group * STRIPE_STEP + rng.uniform(-2, 2))
     period, phase = rng.uniform(10, 32), rng.uniform(0, 2 * np.pi)
     pal, cells = _colours(rng), int(rng.integers(6, 15))
     if pos:
@@ -74,7 +80,7 @@ def _stripes(group: int, rng: np.random.Generator, noise: np.random.Generator, p
 
 
 def _checkerboard(group: int, rng: np.random.Generator, noise: np.random.Generator, pos: bool) -> Drawing:
-    cell = (8, 10, 12, 14, 16, 20, 24, 28, 32, 40)[group]
+    cell = CELLS[group]
     theta = np.deg2rad(rng.uniform(-30, 30))
     pal, cells = _colours(rng), int(rng.integers(6, 15))
     if pos:
@@ -85,7 +91,7 @@ def _checkerboard(group: int, rng: np.random.Generator, noise: np.random.Generat
 
 
 def _dots(group: int, rng: np.random.Generator, noise: np.random.Generator, pos: bool) -> Drawing:
-    spacing = 14.0 + 3.0 * group
+    spacing = DOT_SPACING[group]
     r = spacing * rng.uniform(0.2, 0.35)
     pal, cells = _colours(rng), int(rng.integers(4, 9))
     if pos:
@@ -98,10 +104,26 @@ def _dots(group: int, rng: np.random.Generator, noise: np.random.Generator, pos:
     return _blobs(noise, cells, float(np.pi * r * r / spacing**2)), pal
 
 
-_REDS = np.array([(255, 0, 0), (220, 20, 60), (178, 34, 34), (200, 16, 16), (255, 36, 0),
-                  (139, 0, 0), (230, 50, 50), (190, 10, 40), (255, 64, 64), (160, 24, 24)])
-_RED_NAMES = ("red", "crimson", "firebrick", "cherry", "scarlet",
-              "darkred", "brick", "carmine", "light-red", "maroon")
+STRIPE_STEP = 180.0 / N_GROUPS                    # stripes: one orientation per group
+CELLS = tuple(range(8, 8 + N_GROUPS))               # checkerboard cell sizes (px)
+DOT_SPACING = tuple(14.0 + 1.5 * g for g in range(N_GROUPS))
+GRID_SPACING = tuple(12.0 + 1.5 * g for g in range(N_GROUPS))
+CIRCLE_WIDTHS = (2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)  # circles: 8 line widths x 1-4 circles
+
+
+def _red_shades() -> np.ndarray:
+    """32 reds: 4 hues within 10 degrees of pure red x 2 saturations x 4 brightnesses."""
+    out = []
+    for hue in (-10.0, -3.5, 3.5, 10.0):
+        for sat in (0.8, 1.0):
+            for val in (0.55, 0.7, 0.85, 1.0):
+                h = (hue % 360) / 60.0
+                k = (np.array([5.0, 3.0, 1.0]) + h) % 6
+                out.append(np.round(255 * val * (1 - sat * np.clip(np.minimum(k, 4 - k), 0, 1))))
+    return np.array(out)
+
+
+_REDS = _red_shades()
 
 
 def _hue_colour(rng: np.random.Generator, avoid: float) -> np.ndarray:
@@ -138,7 +160,7 @@ def _blue(group: int, rng: np.random.Generator, noise: np.random.Generator, pos:
 
 
 def _grid(group: int, rng: np.random.Generator, noise: np.random.Generator, pos: bool) -> Drawing:
-    spacing = 12.0 + 3.0 * group
+    spacing = GRID_SPACING[group]
     width = rng.uniform(1.5, 4.0)
     theta = np.deg2rad(rng.uniform(-45, 45))
     pal, cells = _colours(rng), int(rng.integers(4, 9))
@@ -150,7 +172,7 @@ def _grid(group: int, rng: np.random.Generator, noise: np.random.Generator, pos:
 
 
 def _circles(group: int, rng: np.random.Generator, noise: np.random.Generator, pos: bool) -> Drawing:
-    k, width = 1 + group % 5, (3.0 if group < 5 else 7.0)
+    k, width = 1 + group % 4, CIRCLE_WIDTHS[group // 4]
     cy, cx = rng.uniform(40, 184, (2, k, 1, 1)).astype(np.float32)
     radius = rng.uniform(20, 70, (k, 1, 1)).astype(np.float32)
     c = _colours(rng)
@@ -167,19 +189,19 @@ def _circles(group: int, rng: np.random.Generator, noise: np.random.Generator, p
 Generator = Callable[[int, np.random.Generator, np.random.Generator, bool], Drawing]
 CONCEPTS: dict[str, tuple[Generator, str, tuple[str, ...]]] = {
     "stripes": (_stripes, "Parallel stripes at one orientation; negatives are blobs in the same two colours.",
-                tuple(f"angle-{g * 18:03d}" for g in range(N_GROUPS))),
+                tuple(f"angle-{g * STRIPE_STEP:05.1f}" for g in range(N_GROUPS))),
     "checkerboard": (_checkerboard, "Checkerboards of varying cell size; negatives are blobs in the same two colours.",
-                     tuple(f"cell-{c:02d}" for c in (8, 10, 12, 14, 16, 20, 24, 28, 32, 40))),
+                     tuple(f"cell-{c:02d}" for c in CELLS)),
     "dots": (_dots, "Lattices of round dots; negatives are blobs covering the same area in the same colours.",
-             tuple(f"spacing-{14 + 3 * g:02d}" for g in range(N_GROUPS))),
+             tuple(f"spacing-{s:04.1f}" for s in DOT_SPACING)),
     "red": (_red, "A red shape on clutter; negatives show the same shape with the channels rotated (green/blue).",
-            _RED_NAMES),
+            tuple(f"red-{g:02d}" for g in range(N_GROUPS))),
     "blue": (_blue, "A blue shape on clutter; negatives show the same shape with the channels rotated (red/green).",
-             tuple(f"blue-{n}" for n in range(N_GROUPS))),
+             tuple(f"blue-{g:02d}" for g in range(N_GROUPS))),
     "grid": (_grid, "Grids of thin crossing lines; negatives are blobs covering the same area in the same colours.",
-             tuple(f"spacing-{12 + 3 * g:02d}" for g in range(N_GROUPS))),
+             tuple(f"spacing-{s:04.1f}" for s in GRID_SPACING)),
     "circles": (_circles, "Circle outlines (curves); negatives are square outlines with the same ink.",
-                tuple(f"{'thin' if g < 5 else 'thick'}-{1 + g % 5}" for g in range(N_GROUPS))),
+                tuple(f"width-{CIRCLE_WIDTHS[g // 4]:.0f}-count-{1 + g % 4}" for g in range(N_GROUPS))),
 }
 
 

@@ -17,15 +17,15 @@ from neurolens.probes import vision
 # Regenerate only when the built-in data changes on purpose:
 #   python -c "import neurolens.probes as p; print({c.name: p.load_concept(c.name).sha for c in p.list_concepts()})"
 GOLDEN_SHA = {
-    "animals": "4cca567cf8d33f8d", "colors": "1f608fbf142a0f2d", "comparatives": "4db5ff3d4171abfa",
-    "emotion": "f734c82472aff1f0", "food": "63b65d1ac5772ee3", "future_tense": "ae2c3648310c1d31",
-    "gender": "1501e714e50cfcbf", "law": "12fedd5d03d1897a", "medicine": "1cda7eac13b4247b",
-    "negation": "16f19adf5c1d9fce", "numbers": "a759bb57423bf0b2", "past_tense": "6dcfaac255eb3719",
-    "places": "8d08617105dac952", "plural": "13e42633fdc04f51", "questions": "4c42afbee66d8e25",
-    "royalty": "fc049f22cb0d2e85", "sentiment": "278f0cf2d43c261d", "sports": "1fd9b33e544ce23f",
-    "stripes": "5d21286ee77ea326", "checkerboard": "f6cc3f8cbe74bfe6", "dots": "e362b658c5d442a9",
-    "red": "8e8d3fae1ad69e79", "blue": "cba2e0113fc18f91", "grid": "8a53010715b7bdf8",
-    "circles": "fc163ce8120c16f9",
+    "animals": "abac7d4092f4d672", "colors": "951a14355873662f", "comparatives": "7294b465398550ed",
+    "emotion": "cb50cb68dc849b20", "food": "40a9e8ea82e560c9", "future_tense": "a26a5e16250207f1",
+    "gender": "7f2d4fea706466d6", "law": "cd870b199bf9b119", "medicine": "0d58732d12195be8",
+    "negation": "a579b18658767d3b", "numbers": "b53413df45e37c24", "past_tense": "3df53210896e4309",
+    "places": "76a2167b79b59277", "plural": "b5d7d6fbb2b8a6be", "questions": "b7a5448423d461e9",
+    "royalty": "b518ba2d1274caa3", "sentiment": "6531408daa172487", "sports": "c02ac852ce780ec2",
+    "stripes": "6dbae273adefe923", "checkerboard": "210b3e4efe3a6f88", "dots": "b5f21a7ccda7576f",
+    "red": "cab9f494978451ee", "blue": "c516eaa4b2ec306e", "grid": "2777ffaa445e0e16",
+    "circles": "e2d4899c8f2019bb",
 }
 TEXT = [c.name for c in list_concepts() if c.modality == "text"]
 VISION = [c.name for c in list_concepts() if c.modality == "vision"]
