@@ -67,6 +67,7 @@ FILLER = ("the", "a", "entered", "hall", "sat", "near", "window", "yesterday", "
           "then", "and", "guard", "left", "village", "we", "saw", "today", "of", "in",
           "was", "is", "ran", "city", "house", "field", "road", "red", "blue", "small")
 TEST_SHARE = 0.3
+PARTNERS = 4   # ordinary people paired with each royalty word: 4 x 10 = 40 word-pair groups
 
 N_LAYERS, D_MODEL, N_HEADS, D_FF, N_POS = 4, 64, 4, 256, 64
 AGG_LAYER = 1
@@ -155,30 +156,41 @@ def _span(text: str, word: str) -> tuple[int, int]:
 def make_probes(family: str, seed: int) -> tuple[ProbeSet, list[str]]:
     """Minimal pairs: the same sentence with a royalty word / an ordinary person.
 
-    Groups are the royalty word (both sides of a pair share it), so a group-wise
-    split keeps pairs together; the test groups are drawn from the seed.
+    A group is one word pair (*king* / *farmer*): the sentences built from it share
+    both words and are correlated, so the pair is the unit of inference. Each
+    royalty word is paired with `PARTNERS` ordinary people, each pair filling its
+    own `len(TEMPLATES) // PARTNERS` templates, so every royalty word still fills
+    every template once (the positives are one sentence per word and template) and
+    there are enough groups, each holding both labels, for a group-level test to
+    find a planted neuron among thousands. Whole royalty words go to test (drawn
+    from the seed): test sentences use royalty words never seen in training.
     """
     rng = random.Random(seed)
-    groups = list(ROYALTY)
-    test = set(rng.sample(groups, max(1, round(TEST_SHARE * len(groups)))))
+    words = list(ROYALTY)
+    test = set(rng.sample(words, max(1, round(TEST_SHARE * len(words)))))
+    # partner of word i in slot j: a seeded order of the neutral words, stepped so that one
+    # word's partners differ and no negative sentence repeats within a template
+    order = rng.sample(NEUTRAL, len(NEUTRAL))
+    step, per = len(NEUTRAL) // PARTNERS, len(TEMPLATES) // PARTNERS
     examples: list[Example] = []
     pair = 0
-    # per template, a seeded permutation of the neutral words: no negative sentence repeats
-    others = [rng.sample(NEUTRAL, len(NEUTRAL)) for _ in TEMPLATES]
-    for gi, g in enumerate(groups):
-        split = "test" if g in test else "train"
-        for ti, tpl in enumerate(TEMPLATES):
-            other = others[ti][gi % len(NEUTRAL)]
-            for label, w in ((1, g), (0, other)):
-                text = tpl.format(w=w)
-                examples.append(Example(example_id=len(examples), label=label, group=g,
-                                        split=split, text=text, span=_span(text, w),
-                                        target=TARGET, pair_id=pair))
-            pair += 1
+    for wi, w in enumerate(words):
+        split = "test" if w in test else "train"
+        for j in range(PARTNERS):
+            other = order[(wi + step * j) % len(NEUTRAL)]
+            group = f"{w}-{other}"
+            for tpl in TEMPLATES[j * per:(j + 1) * per]:
+                for label, word in ((1, w), (0, other)):
+                    text = tpl.format(w=word)
+                    examples.append(Example(example_id=len(examples), label=label, group=group,
+                                            split=split, text=text, span=_span(text, word),
+                                            target=TARGET, pair_id=pair))
+                pair += 1
+    test_groups = sorted({e.group for e in examples if e.split == "test"})
     ps = ProbeSet(concept=CONCEPT, modality="text", examples=examples, source=f"planted:{family}",
                   description="royalty words vs ordinary people in the same sentences; "
                               f"target '{TARGET}'",
-                  meta={"pairs": pair, "test_groups": sorted(test)})
+                  meta={"pairs": pair, "test_groups": test_groups, "test_words": sorted(test)})
     secondary = [tpl.format(w=a) for a in ANIMALS for tpl in TEMPLATES[:4]]
     return ps, secondary
 

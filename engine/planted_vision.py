@@ -26,9 +26,13 @@ none of them reads or writes the hand-set channels.
 Probes: each positive is a horizontal-stripes image, its negative the *same image
 transposed* (vertical stripes: same colours, same brightness, same noise), so the
 brightness channel is not selective and only orientation separates the two.
+The group is the palette (32 of them, 3 pairs each, both labels in every group):
+images of one palette are correlated, and 22 train palettes give a group-level
+test the power to find the planted channels among all the others.
 """
 from __future__ import annotations
 
+import colorsys
 import json
 import random
 from pathlib import Path
@@ -44,19 +48,29 @@ SECONDARY = "checkerboard"
 LABELS = ("other", "stripes")
 SIZE = 64
 PERIOD = 4
-N_PAIRS = 64
-N_PALETTES = 8          # groups: one per palette
+N_PALETTES = 32         # groups: one per palette (images of one palette are correlated)
+N_PAIRS = 3 * N_PALETTES
 N_SECONDARY = 24
 TEST_SHARE = 0.3
 HIDDEN = (16, 32, 64, 64)
 STEM = 16
 CLS_WEIGHT, CLS_BIAS = 1.2, 2.0
-PALETTES = (  # (hue of the darker colour, hue of the lighter colour), RGB in [0, 1]
+_HAND_PALETTES = (  # (darker colour, lighter colour), RGB in [0, 1]
     ((0.1, 0.1, 0.4), (0.9, 0.9, 0.6)), ((0.4, 0.1, 0.1), (0.9, 0.8, 0.7)),
     ((0.1, 0.3, 0.1), (0.8, 0.95, 0.8)), ((0.2, 0.2, 0.2), (0.95, 0.95, 0.95)),
     ((0.3, 0.1, 0.3), (0.9, 0.7, 0.9)), ((0.1, 0.3, 0.4), (0.7, 0.9, 0.95)),
     ((0.35, 0.25, 0.1), (0.95, 0.85, 0.5)), ((0.05, 0.05, 0.05), (0.75, 0.75, 0.75)),
 )
+
+
+def _hue_palettes(n: int) -> tuple:
+    """`n` more palettes around the colour wheel, with the hand-picked ones' contrast
+    (a dark saturated colour, a light pale one: about 0.55 apart in mean brightness)."""
+    return tuple((colorsys.hsv_to_rgb(i / n, 0.65, 0.38), colorsys.hsv_to_rgb((i / n + 0.08) % 1, 0.25, 0.95))
+                 for i in range(n))
+
+
+PALETTES = _HAND_PALETTES + _hue_palettes(N_PALETTES - len(_HAND_PALETTES))
 
 
 # -- images ------------------------------------------------------------------------
@@ -91,15 +105,17 @@ def make_images(out: Path, seed: int) -> tuple[ProbeSet, dict[str, Path]]:
     dirs = {k: out / "probes" / k for k in ("stripes", "other", SECONDARY)}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
-    groups = [f"palette{p}" for p in range(N_PALETTES)]
+    groups = [f"palette{p:02d}" for p in range(N_PALETTES)]
     test = set(random.Random(seed).sample(groups, max(1, round(TEST_SHARE * N_PALETTES))))
     examples: list[Example] = []
     for i in range(N_PAIRS):
         pal = i % N_PALETTES
         g = groups[pal]
         img = _stripes(*_colours(pal, rng), rng)
+        # one sub-folder per palette on both sides: a probe file's loader reads it as the group
         for label, arr, d in ((1, img, dirs["stripes"]), (0, img.transpose(1, 0, 2), dirs["other"])):
-            f = d / f"{i:03d}.png"
+            (d / g).mkdir(exist_ok=True)
+            f = d / g / f"{i:03d}.png"
             Image.fromarray(np.ascontiguousarray(arr)).save(f)
             examples.append(Example(example_id=len(examples), label=label, group=g,
                                     split="test" if g in test else "train", image=str(f),
@@ -112,6 +128,17 @@ def make_images(out: Path, seed: int) -> tuple[ProbeSet, dict[str, Path]]:
                   meta={"pairs": N_PAIRS, "test_groups": sorted(test), "size": SIZE})
     return ps, dirs
 
+
+
+def write_probe_files(dirs: dict[str, Path], out: Path) -> tuple[Path, Path]:
+    """The probe files `neurolens run --probes` reads: folders of images, one sub-folder per group."""
+    pf = out / PROBE_FILE
+    pf.write_text(json.dumps({"concept": CONCEPT, "positive_dir": str(dirs["stripes"].resolve()),
+                              "negative_dir": str(dirs["other"].resolve())}, indent=1) + "\n")
+    sf = out / SECONDARY_PROBE_FILE
+    sf.write_text(json.dumps({"concept": SECONDARY,
+                              "positive_dir": str(dirs[SECONDARY].resolve())}, indent=1) + "\n")
+    return pf, sf
 
 # -- the model ---------------------------------------------------------------------
 
@@ -222,12 +249,7 @@ def build_resnet(out: Path, *, seed: int = 0) -> PlantedModel:
     proc.save_pretrained(out)
 
     ps, dirs = make_images(out, seed)
-    pf = out / PROBE_FILE
-    pf.write_text(json.dumps({"concept": CONCEPT, "positive_dir": str(dirs["stripes"].resolve()),
-                              "negative_dir": str(dirs["other"].resolve())}, indent=1) + "\n")
-    sf = out / SECONDARY_PROBE_FILE
-    sf.write_text(json.dumps({"concept": SECONDARY,
-                              "positive_dir": str(dirs[SECONDARY].resolve())}, indent=1) + "\n")
+    pf, sf = write_probe_files(dirs, out)
     planted = [(s, ch) for s in range(4) for ch in chain[s]]
     return PlantedModel(
         path=out, family="resnet", concept=CONCEPT, planted=planted, polysemantic=(0, poly),

@@ -29,10 +29,14 @@ class ConceptInfo:
     n_pos: int
     n_neg: int
     groups: list[str]
+    n_train_groups: int = 0
+    n_test_groups: int = 0
 
     def to_dict(self) -> dict:
+        """The group counts matter: the group is the unit of inference, so they bound the power."""
         return {"name": self.name, "modality": self.modality, "description": self.description,
                 "n_pos": self.n_pos, "n_neg": self.n_neg, "n_groups": len(self.groups),
+                "n_train_groups": self.n_train_groups, "n_test_groups": self.n_test_groups,
                 "groups": list(self.groups)}
 
 
@@ -59,7 +63,9 @@ def list_concepts() -> list[ConceptInfo]:
     for name in _builtin():
         ps = load_concept(name)
         groups = list(dict.fromkeys(e.group for e in ps.examples))
-        out.append(ConceptInfo(name, ps.modality, ps.description, ps.n_pos, ps.n_neg, groups))
+        n_train = len({e.group for e in ps.examples if e.split == "train"})
+        out.append(ConceptInfo(name, ps.modality, ps.description, ps.n_pos, ps.n_neg, groups,
+                               n_train, len(groups) - n_train))
     return out
 
 

@@ -230,8 +230,8 @@ def test_planted_json_and_probe_file_match(family, planted_factory):
     probe = json.loads(pm.probe_file.read_text())
     assert probe["concept"] == pm.concept
     if family == "resnet":
-        pos = sorted(Path(probe["positive_dir"]).glob("*.png"))
-        neg = sorted(Path(probe["negative_dir"]).glob("*.png"))
+        pos = sorted(Path(probe["positive_dir"]).rglob("*.png"))   # one sub-folder per group
+        neg = sorted(Path(probe["negative_dir"]).rglob("*.png"))
         assert len(pos) == ps.n_pos and len(neg) == ps.n_neg
         assert {str(p) for p in pos} == {e.image for e in ps.examples if e.label == 1}
     else:

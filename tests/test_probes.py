@@ -62,6 +62,140 @@ def test_group_split(name: str) -> None:
     assert all(len(s) == 1 for s in split_of_pair.values())
 
 
+# ---------------------------------------------------------------- groups: the unit of inference
+
+N_NEURONS = 9216          # MiniLM's MLP neurons: the multiple-testing burden of a real run
+ALPHA = 0.05
+# what the deterministic by-group split gives every built-in concept today
+GROUPS, TRAIN_GROUPS, TEST_GROUPS = 32, 22, 10
+
+
+def _groups(examples) -> dict[str, dict[int, int]]:
+    out: dict[str, dict[int, int]] = defaultdict(lambda: {0: 0, 1: 0})
+    for e in examples:
+        out[e.group][e.label] += 1
+    return dict(out)
+
+
+@pytest.mark.parametrize("name", TEXT + VISION)
+def test_builtin_groups_are_paired_and_many(name: str) -> None:
+    ps = load_concept(name)
+    train, test = _groups(ps.split("train")), _groups(ps.split("test"))
+    assert len(_groups(ps.examples)) == GROUPS
+    assert (len(train), len(test)) == (TRAIN_GROUPS, TEST_GROUPS)
+    assert not set(train) & set(test)
+    # paired design: every group, train or test, holds both labels
+    assert all(c[0] > 0 and c[1] > 0 for c in (*train.values(), *test.values()))
+    if ps.modality == "text":
+        assert ps.n_pos >= 300 and ps.n_neg >= 300
+        # a group is one concept word (or construction: "Can she" / "Can he") with its matched negative
+        for g, exs in _by_group(ps.examples).items():
+            words = {lab: {e.text[e.span[0]:e.span[1]] for e in exs if e.label == lab} for lab in (0, 1)}
+            assert 1 <= len(words[1]) <= 2 and len(words[0]) == len(words[1]), (g, words)
+            assert not words[0] & words[1], (g, words)
+
+
+def _by_group(examples) -> dict[str, list]:
+    out: dict[str, list] = defaultdict(list)
+    for e in examples:
+        out[e.group].append(e)
+    return out
+
+
+def test_concept_words_are_not_shared_between_groups() -> None:
+    """Distinct groups are distinct words: no concept word is split across train and test."""
+    for name in TEXT:
+        ps = load_concept(name)
+        side = {}
+        for e in ps.examples:
+            if e.label == 1:
+                word = e.text[e.span[0]:e.span[1]].lower()
+                assert side.setdefault(word, e.group) == e.group, (name, word)
+
+
+def _synthetic_run(examples, rng: np.random.Generator, n_null: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group paired differences d_g (G x neurons) on the train split: column 0 a perfect
+    neuron (within every group the concept examples sit above the others; the size of the gap
+    varies from group to group, as it does for real words), the rest null neurons."""
+    train = [e for e in examples if e.split == "train"]
+    groups = sorted({e.group for e in train})
+    gi = np.array([groups.index(e.group) for e in train])
+    y = np.array([e.label for e in train], dtype=np.float64)
+    offset, gap = rng.uniform(0.0, 0.4, len(groups)), rng.uniform(0.5, 1.5, len(groups))
+    acts = rng.normal(0.0, 1.0, (len(train), 1 + n_null))
+    acts[:, 0] = offset[gi] + gap[gi] * y + rng.uniform(-0.05, 0.05, len(train))
+    d = np.empty((len(groups), acts.shape[1]))
+    for g in range(len(groups)):       # group means by label: the DESIGN's paired units
+        pos, neg = (gi == g) & (y == 1), (gi == g) & (y == 0)
+        d[g] = acts[pos].mean(0) - acts[neg].mean(0)
+    return d, acts[:, 0]
+
+
+def _q_of_perfect(d: np.ndarray, n_neurons: int) -> float:
+    from scipy import stats
+
+    p = stats.ttest_1samp(d, 0.0, axis=0).pvalue
+    # the null neurons not simulated are padded with p = 1 (they can only raise q for nobody)
+    p_all = np.concatenate([p, np.ones(n_neurons - len(p))])
+    return float(stats.false_discovery_control(p_all, method="bh")[0])
+
+
+@pytest.mark.parametrize("name", TEXT + VISION)
+def test_builtin_probes_have_power(name: str) -> None:
+    """A perfect neuron reaches q < 0.05 over 9,216 neurons with the group as the unit
+    (paired one-sample t over the train groups, df = G - 1, BH); with the 6 train groups
+    the old negation probe had, the same neuron cannot."""
+    rng = np.random.default_rng(sum(map(ord, name)))
+    ps = load_concept(name)
+    d, perfect = _synthetic_run(ps.examples, rng, n_null=1023)
+    assert d.shape[0] == TRAIN_GROUPS
+    assert (d[:, 0] > 0).all()           # perfect: it separates the sides within every group
+    assert _q_of_perfect(d, N_NEURONS) < ALPHA
+    # exact sign-flip bound: even a rank-based paired test on these groups could get there
+    assert 2.0 / 2 ** d.shape[0] * N_NEURONS < ALPHA
+    assert _q_of_perfect(d[:6], N_NEURONS) > ALPHA
+    assert 2.0 / 2 ** 6 * N_NEURONS > ALPHA
+    # the null neurons stay null: barely anything below q < 0.05 among them
+    from scipy import stats
+
+    q_null = stats.false_discovery_control(stats.ttest_1samp(d[:, 1:], 0.0, axis=0).pvalue, method="bh")
+    assert (q_null < ALPHA).mean() <= 0.01
+
+
+def _planted_probe_files(tmp_path):
+    from neurolens.engine import planted_text as pt
+    from neurolens.engine import planted_vision as pv
+
+    out = {}
+    for family in ("gpt2", "bert", "roberta"):
+        ps, secondary = pt.make_probes(family, 0)
+        d = tmp_path / family
+        d.mkdir()
+        out[family] = (ps, pt.write_probe_files(ps, secondary, d)[0])
+    ps, dirs = pv.make_images(tmp_path / "resnet", 0)
+    out["resnet"] = (ps, pv.write_probe_files(dirs, tmp_path / "resnet")[0])
+    return out
+
+
+def test_planted_probes_are_paired_with_enough_groups(tmp_path) -> None:
+    for family, (ps, pf) in _planted_probe_files(tmp_path).items():
+        # the builder's own split (what selfcheck scores): test groups hold unseen words/palettes
+        train, test = _groups(ps.split("train")), _groups(ps.split("test"))
+        assert len(train) + len(test) >= 24 and len(train) >= 16 and len(test) >= 8, family
+        assert not set(train) & set(test)
+        assert all(c[0] and c[1] for c in (*train.values(), *test.values())), family
+        if family != "resnet":     # a group is a word pair "king-farmer"; test royalty words are unseen
+            assert all(len(g.split("-")) == 2 for g in (*train, *test))
+            assert not {g.split("-")[0] for g in test} & {g.split("-")[0] for g in train}, family
+        # the probe file a user runs with --probes: the same groups, split by group hash
+        loaded = load_probe_file(str(pf))
+        assert _groups(loaded.examples) == _groups(ps.examples), family
+        tr, te = _groups(loaded.split("train")), _groups(loaded.split("test"))
+        assert len(tr) >= 16 and len(te) >= 8 and all(c[0] and c[1] for c in (*tr.values(), *te.values()))
+        d, _ = _synthetic_run(loaded.examples, np.random.default_rng(1), n_null=255)
+        assert _q_of_perfect(d, 1024) < ALPHA, family      # a planted model has ~1,000 neurons
+
+
 @pytest.mark.parametrize("name", TEXT + VISION)
 def test_stable_sha(name: str) -> None:
     assert load_concept(name).sha == load_concept(name).sha == GOLDEN_SHA[name]
@@ -335,6 +469,9 @@ def test_concepts_command_json(capsys) -> None:
     assert sum(r["modality"] == "vision" for r in rows) >= 6
     royalty = next(r for r in rows if r["name"] == "royalty")
     assert royalty["n_pos"] >= 300 and "king" in royalty["groups"]
+    for r in rows:
+        assert (r["n_groups"], r["n_train_groups"], r["n_test_groups"]) == (GROUPS, TRAIN_GROUPS, TEST_GROUPS)
+        assert len(r["groups"]) == r["n_groups"]
 
 
 def test_concepts_command_table(capsys) -> None:
@@ -344,7 +481,8 @@ def test_concepts_command_table(capsys) -> None:
     concepts.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["concepts"])
     assert concepts.run(args) == 0
-    assert "royalty" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "royalty" in out and f"{GROUPS} ({TRAIN_GROUPS} train" in out
 
 
 def test_cli_concepts_json() -> None:

@@ -10,7 +10,8 @@ from neurolens.probes import list_concepts
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("concepts", help="list built-in concepts",
-                              description="List every built-in concept with its modality, counts and groups.")
+                              description="List every built-in concept with its modality, counts and groups "
+                                          "(train / test groups after the by-group split).")
     p.add_argument("--format", choices=("table", "json"), default="table",
                    help="table (default) or one JSON array on stdout")
     p.set_defaults(func=run)
@@ -26,8 +27,9 @@ def _table(rows: list[dict]) -> None:
         table.add_column(col, **kw)
     for r in rows:
         shown = ", ".join(r["groups"][:4]) + (", ..." if r["n_groups"] > 4 else "")
+        counts = f"{r['n_groups']} ({r['n_train_groups']} train / {r['n_test_groups']} test)"
         table.add_row(r["name"], r["modality"], str(r["n_pos"]), str(r["n_neg"]),
-                      f"{r['n_groups']}: {shown}", r["description"])
+                      f"{counts}: {shown}", r["description"])
     Console().print(table)
 
 
