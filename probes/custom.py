@@ -235,13 +235,12 @@ def _check_duplicates(path: Path, items: list[_Item], key: dict[int, str]) -> No
 
 
 def _auto_groups(items: list[_Item], key: dict[int, str]) -> None:
-    """Give ungrouped items deterministic groups: content-hash order, dealt into buckets per label."""
-    for label, side in ((1, "pos"), (0, "neg")):
-        idx = [i for i, it in enumerate(items) if it.label == label and it.group is None]
-        idx.sort(key=lambda i: hashlib.sha1(key[i].encode()).hexdigest())
-        k = min(10, max(3, len(idx) // 3))
-        for rank, i in enumerate(idx):
-            items[i].group = f"auto-{side}-{rank % k}"
+    """An example without a group is a group of its own (DESIGN, Scores): nothing says which
+    examples are correlated, so none are pooled. The name comes from the content hash, so the
+    by-group split stays deterministic and independent of the order of the file."""
+    for i, it in enumerate(items):
+        if it.group is None:
+            it.group = "auto-" + hashlib.sha1(key[i].encode()).hexdigest()[:12]
 
 
 def _finish(path: Path, concept: str, modality: str, items: list[_Item], key: dict[int, str],

@@ -268,6 +268,22 @@ def test_custom_json_with_groups_and_targets(tmp_path) -> None:
     assert load_probe_file(f).sha == ps.sha
 
 
+def test_ungrouped_examples_are_groups_of_their_own(tmp_path) -> None:
+    """Plain strings: nothing says which examples are correlated, so each is its own unit
+    (the group-level test then reduces to Welch on examples), named by content, not order."""
+    pos, neg = _texts("king", 40), _texts("farmer", 40)
+    f = tmp_path / "plain.json"
+    f.write_text(json.dumps({"concept": "plain", "positive": pos, "negative": neg}))
+    ps = load_probe_file(f)
+    assert len({e.group for e in ps.examples}) == len(ps.examples) == 80
+    assert all(e.group.startswith("auto-") for e in ps.examples)
+    assert 0.2 <= len(ps.split("test")) / 80 <= 0.4
+    assert {e.label for e in ps.split("test")} == {e.label for e in ps.split("train")} == {0, 1}
+    f.write_text(json.dumps({"concept": "plain", "positive": pos[::-1], "negative": neg[::-1]}))
+    again = {e.text: (e.group, e.split) for e in load_probe_file(f).examples}
+    assert again == {e.text: (e.group, e.split) for e in ps.examples}
+
+
 def test_custom_jsonl_and_csv(tmp_path) -> None:
     rows = [{"text": t, "label": 1} for t in _texts("yes")] + \
            [{"text": t, "label": "negative", "target": "no"} for t in _texts("no")]
