@@ -1,8 +1,11 @@
 """Benchmark: scoring every neuron of a GPT-2-small-sized model for one concept.
 
 Contender: ``ScoreAccumulator`` over 12 layers x 3072 neurons (numba backend),
-computing all per-neuron statistics (AUC, Welch p, BH q, Cohen's d,
-consistency, ranges, score, rank).
+computing all per-neuron statistics (AUC, group-level p, BH q, Cohen's d,
+consistency, ranges, score, rank) with the examples in paired groups (20 per group).
+Beside it, on the same inputs in the same run: the example-level scoring (no groups:
+Welch on examples, the test before group-level inference), the group-level test alone
+(cell means + t) and the elastic-net peer ranking on the best 2,000 neurons.
 Baseline: a per-neuron loop of ``sklearn.metrics.roc_auc_score`` (AUC only),
 timed on a sample of neurons and extrapolated linearly to all neurons.
 
@@ -25,8 +28,20 @@ import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scoring.json"
 
-FULL = dict(n_examples=2000, n_layers=12, n_neurons=3072, baseline_sample=2000, repeats=3)
-SMOKE = dict(n_examples=300, n_layers=2, n_neurons=256, baseline_sample=100, repeats=2)
+FULL = dict(n_examples=2000, n_layers=12, n_neurons=3072, baseline_sample=2000, repeats=3, probe_k=2000)
+SMOKE = dict(n_examples=300, n_layers=2, n_neurons=256, baseline_sample=100, repeats=2, probe_k=200)
+
+
+GROUP_SIZE = 20  # examples per paired group (10 concept, 10 other)
+
+
+def make_groups(y: np.ndarray) -> np.ndarray:
+    """Paired groups: concept and other examples dealt round-robin into n/GROUP_SIZE groups."""
+    n_groups = max(2, y.shape[0] // GROUP_SIZE)
+    g = np.empty(y.shape[0], np.int64)
+    g[y == 1] = np.arange(int(y.sum())) % n_groups
+    g[y == 0] = np.arange(int((y == 0).sum())) % n_groups
+    return g
 
 
 def make_inputs(n_examples: int, n_layers: int, n_neurons: int, seed: int = 0):
@@ -79,13 +94,34 @@ class PeakRSS:
         return self.peak_mb - self.start_mb
 
 
-def contender(layers, y):
+def contender(layers, y, groups=None):
+    """Scores of every neuron; ``groups=None`` is the example-level test (Welch on examples)."""
     from neurolens.kernels import ScoreAccumulator
 
     acc = ScoreAccumulator(backend="numba")
     for layer, x in enumerate(layers):
-        acc.add(layer, x, y)
+        acc.add(layer, x, y, groups=groups)
     return acc.finalize()
+
+
+def group_test_only(layers, y, groups):
+    """Only the group-level p-values: cell means (numba) and the t-test on them."""
+    from neurolens.kernels.groups import cell_means, group_test, make_design
+
+    d = make_design(y, groups)
+    return [group_test(cell_means(x, d), d)["p"] for x in layers]
+
+
+def peer_probe(layers, y, k: int):
+    """The elastic-net peer ranking: keep the best k columns by probeless score, fit."""
+    from neurolens.kernels.peers import TopColumns, elastic_net_weights, probeless_score
+
+    top = TopColumns(k)
+    for layer, x in enumerate(layers):
+        x32 = x.astype(np.float32)
+        sc = probeless_score(x32[y == 1].mean(0), x32[y == 0].mean(0))
+        top.add(sc, layer * x.shape[1] + np.arange(x.shape[1]), x)
+    return elastic_net_weights(top.cols, y)
 
 
 def baseline(layers, y, sample: int, seed: int = 1):
@@ -122,22 +158,34 @@ def _machine() -> dict:
 def run(smoke: bool = False) -> dict:
     cfg = SMOKE if smoke else FULL
     layers, y, planted = make_inputs(cfg["n_examples"], cfg["n_layers"], cfg["n_neurons"])
+    groups = make_groups(y)
     total = cfg["n_layers"] * cfg["n_neurons"]
 
     # warm-up: numba JIT (or cache load) outside the timed runs, reported separately
     t0 = time.perf_counter()
+    contender([layers[0][:, :64]], y, groups)
     contender([layers[0][:, :64]], y)
     warmup_s = time.perf_counter() - t0
 
-    times, peaks = [], []
+    times, peaks, ex_times, g_times, probe_times = [], [], [], [], []
     table = None
     for _ in range(cfg["repeats"]):
         with PeakRSS() as mem:
             t0 = time.perf_counter()
-            table = contender(layers, y)
+            table = contender(layers, y, groups)
             times.append(time.perf_counter() - t0)
         peaks.append(mem.delta_mb)
+        t0 = time.perf_counter()
+        contender(layers, y)
+        ex_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        group_test_only(layers, y, groups)
+        g_times.append(time.perf_counter() - t0)
     contender_s = statistics.median(times)
+    example_s = statistics.median(ex_times)
+    t0 = time.perf_counter()
+    peer_probe(layers, y, cfg["probe_k"])
+    probe_times.append(time.perf_counter() - t0)
 
     base_times = []
     for r in range(cfg["repeats"]):
@@ -157,9 +205,17 @@ def run(smoke: bool = False) -> dict:
                   "neurons_per_layer": cfg["n_neurons"], "neurons": total, "dtype": "float16",
                   "n_pos": int(y.sum()), "planted": len(planted)},
         "repeats": cfg["repeats"],
-        "contender": {"name": "ScoreAccumulator (numba), all statistics",
+        "contender": {"name": f"ScoreAccumulator (numba), all statistics, group-level p "
+                              f"({int(groups.max()) + 1} paired groups)",
                       "median_s": contender_s, "runs_s": times, "warmup_s": warmup_s,
                       "peak_rss_delta_mb": max(peaks), "neurons_per_s": total / contender_s},
+        "example_level": {"name": "ScoreAccumulator (numba), all statistics, example-level p (Welch)",
+                          "median_s": example_s, "runs_s": ex_times},
+        "group_test_only": {"name": "group-level p alone (cell means + t)",
+                            "median_s": statistics.median(g_times), "runs_s": g_times},
+        "group_vs_example": contender_s / example_s,
+        "peer_probe": {"name": f"elastic-net probe ranking (saga, best {cfg['probe_k']} by probeless)",
+                       "seconds": probe_times[0]},
         "baseline": {"name": "sklearn roc_auc_score per neuron (AUC only)",
                      "sampled_neurons": sample, "sample_median_s": statistics.median(base_times),
                      "extrapolated_s": baseline_s, "note": f"timed on {sample} random neurons, "
@@ -181,10 +237,16 @@ def to_markdown(r: dict) -> str:
         "| method | wall s | peak RSS delta MB | neurons/s |",
         "|---|---:|---:|---:|",
         f"| {c['name']} | {c['median_s']:.3f} | {c['peak_rss_delta_mb']:.1f} | {c['neurons_per_s']:,.0f} |",
+        f"| {r['example_level']['name']} | {r['example_level']['median_s']:.3f} | – | "
+        f"{s['neurons'] / r['example_level']['median_s']:,.0f} |",
+        f"| {r['group_test_only']['name']} | {r['group_test_only']['median_s']:.3f} | – | "
+        f"{s['neurons'] / r['group_test_only']['median_s']:,.0f} |",
+        f"| {r['peer_probe']['name']} | {r['peer_probe']['seconds']:.2f} | – | – |",
         f"| {b['name']} | {b['extrapolated_s']:.2f} (extrapolated) | – | "
         f"{s['neurons'] / b['extrapolated_s']:,.0f} |",
         "",
-        f"ratio: **{r['ratio']:.1f}x** faster; baseline {b['note']}; "
+        f"group-level / example-level scoring time: **{r['group_vs_example']:.2f}x**; "
+        f"ratio: **{r['ratio']:.1f}x** faster than the baseline; baseline {b['note']}; "
         f"JIT warm-up {c['warmup_s']:.2f} s (not in the timings); "
         f"planted neurons in the top {s['planted']}: {r['planted_in_top']}/{s['planted']}",
     ]

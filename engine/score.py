@@ -2,19 +2,27 @@
 importance from the model, and publish the `scores` partition."""
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from neurolens.engine.naming import depth
-from neurolens.kernels import ScoreAccumulator
+from neurolens.kernels import ScoreAccumulator, make_design, min_attainable_p
+from neurolens.kernels.peers import PROBE_K
 from neurolens.probes.types import ProbeSet
 from neurolens.store import SCHEMAS, Store, read_layer
 
-SCORE_VERSION = "1"
+SCORE_VERSION = "2"   # 2: group-level p-values, held-out replication, peer rankings
 CHUNK = 4096  # neuron columns scored at once: memory is n_examples x CHUNK
+ALPHA = 0.05
+# the custom-probe loader deals ungrouped items into these buckets for the split only;
+# for inference such an example is a group of its own
+AUTO_GROUP = re.compile(r"auto-(pos|neg)-\d+")
+TOO_FEW = "too few groups for any finding: add phrasings or words"
 
 
 def scores_table(cols: dict[str, np.ndarray], n_layers: int, run_id: str) -> pa.Table:
@@ -27,10 +35,16 @@ def scores_table(cols: dict[str, np.ndarray], n_layers: int, run_id: str) -> pa.
     }
     for c in ("selectivity", "auc", "cohens_d", "mean_pos", "mean_neg", "std_pos", "std_neg",
               "p_value", "q_value", "consistency", "importance", "importance_pct", "score",
-              "range_lo", "range_hi", "range_overlap"):
+              "range_lo", "range_hi", "range_overlap", "selectivity_test", "p_test"):
         data[c] = np.asarray(cols[c], dtype=np.float64)
+    data["n_units"] = np.asarray(cols["n_units"], dtype=np.int32)
+    data["replicated"] = np.asarray(cols["replicated"], dtype=bool)
     arrays = {k: pa.array(v) for k, v in data.items()}
-    arrays["rank"] = pa.array(np.where(rank > 0, rank, 0).astype(np.int32), mask=rank <= 0)
+    arrays["selectivity_test"] = pa.array(data["selectivity_test"], from_pandas=True)  # NaN -> null
+    arrays["p_test"] = pa.array(data["p_test"], from_pandas=True)
+    for c in ("rank", "rank_probeless", "rank_probe"):
+        r = np.asarray(cols[c]).astype(np.int64)
+        arrays[c] = pa.array(np.where(r > 0, r, 0).astype(np.int32), mask=r <= 0)
     arrays["importance"] = pa.array(data["importance"], from_pandas=True)  # NaN -> null
     arrays["importance_pct"] = pa.array(data["importance_pct"], from_pandas=True)
     arrays["run_id"] = pa.array([run_id] * n, pa.string())
@@ -38,35 +52,69 @@ def scores_table(cols: dict[str, np.ndarray], n_layers: int, run_id: str) -> pa.
     return pa.Table.from_arrays([arrays[f.name].cast(f.type) for f in schema], schema=schema)
 
 
-def example_arrays(probes: ProbeSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(example_id, is_train, label), sorted by example_id, for vectorised lookups."""
+def example_arrays(probes: ProbeSet) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(example_id, is_train, label, group code), sorted by example_id, for vectorised
+    lookups. The group code is -1 for an example without a group of its own."""
     ids = np.fromiter((e.example_id for e in probes.examples), np.int64)
     train = np.fromiter((e.split == "train" for e in probes.examples), bool)
     labels = np.fromiter((e.label for e in probes.examples), np.int64)
+    codes: dict[str, int] = {}
+    grp = np.fromiter((-1 if not e.group or AUTO_GROUP.fullmatch(e.group)
+                       else codes.setdefault(e.group, len(codes)) for e in probes.examples), np.int64)
     o = np.argsort(ids, kind="stable")
-    return ids[o], train[o], labels[o]
+    return ids[o], train[o], labels[o], grp[o]
+
+
+@dataclass(frozen=True)
+class Inference:
+    """What the group-level test can say with this probe's train split."""
+
+    paired: bool
+    n_units: int
+    min_p: float        # smallest p a perfect neuron can honestly reach (a permutation bound)
+
+    def feasible(self, n_neurons: int, alpha: float = ALPHA) -> bool:
+        """Could even a perfect neuron pass q < alpha among ``n_neurons``?"""
+        return self.min_p * max(1, n_neurons) <= alpha
+
+    @property
+    def design(self) -> str:
+        return "paired" if self.paired else "cell"
+
+
+def inference(probes: ProbeSet) -> Inference:
+    _, train, labels, grp = example_arrays(probes)
+    d = make_design(labels[train], grp[train])
+    return Inference(d.paired, d.n_units, min_attainable_p(d))
 
 
 def score_layers(store: Store, model: str, probes: ProbeSet, layers: Sequence[int], *,
-                 backend: str = "auto", device: str | None = None,
+                 backend: str = "auto", device: str | None = None, probe_k: int = PROBE_K,
                  progress: Callable[[int], None] | None = None) -> ScoreAccumulator:
     """One streaming pass: each layer's train rows, in column chunks, into the accumulator.
-    On an accelerator (`device="cuda"`) each chunk goes to it and the torch kernels run there."""
-    ex_ids, is_train, ex_labels = example_arrays(probes)
-    acc = ScoreAccumulator(backend=backend)
+    The test rows of the same columns only feed the replication columns. On an accelerator
+    (`device="cuda"`) each chunk goes to it and the torch kernels run there."""
+    ex_ids, is_train, ex_labels, ex_grp = example_arrays(probes)
+    acc = ScoreAccumulator(backend=backend, probe_k=probe_k)
+    cuda = device is not None and str(device).startswith("cuda")
+
+    def put(a):
+        if not cuda:
+            return a
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
     for l in layers:
         ids, acts = read_layer(store, model, probes.concept, l)
         pos = np.searchsorted(ex_ids, ids)
         train = is_train[pos]
-        labels = ex_labels[pos][train]
-        x = acts[train]
+        labels, groups = ex_labels[pos][train], ex_grp[pos][train]
+        t_labels, t_groups = ex_labels[pos][~train], ex_grp[pos][~train]
+        x, xt = acts[train], acts[~train]
         for s in range(0, x.shape[1], CHUNK):
-            chunk = x[:, s:s + CHUNK]
-            if device is not None and str(device).startswith("cuda"):
-                import torch
-
-                chunk = torch.from_numpy(np.ascontiguousarray(chunk)).to(device)
-            acc.add(l, chunk, labels, neuron_offset=s)
+            test = (put(xt[:, s:s + CHUNK]), t_labels, t_groups) if len(t_labels) else None
+            acc.add(l, put(x[:, s:s + CHUNK]), labels, groups=groups, neuron_offset=s, test=test)
         if progress:
             progress(1)
     return acc

@@ -2,7 +2,8 @@
 
 Public API::
 
-    score_chunk(acts, labels, *, backend="auto") -> dict[str, np.ndarray]
+    score_chunk(acts, labels, *, groups=None, backend="auto") -> dict[str, np.ndarray]
+    score_test(acts, labels, direction, *, groups=None) -> held-out replication columns
     finalize(per_layer_results, importance=None, *, alpha=0.05) -> dict[str, np.ndarray]
     ScoreAccumulator(*, backend="auto", alpha=0.05).add(layer, acts, labels, *, neuron_offset=0)
                                                     .finalize(importance=None)
@@ -11,11 +12,15 @@ Public API::
 See docs/kernels.md for the formulas and edge-case conventions.
 """
 
-from . import stats
-from .scoring import CHUNK_COLUMNS, TABLE_COLUMNS, ScoreAccumulator, finalize, score_chunk
+from . import groups, peers, stats
+from .groups import Design, make_design, min_attainable_p
+from .scoring import (
+    CHUNK_COLUMNS, TABLE_COLUMNS, TEST_COLUMNS, ScoreAccumulator, finalize, score_chunk, score_test,
+)
 from .stats import bh_qvalues, percentile_rank, welch_p, welch_t
 
 __all__ = [
-    "score_chunk", "finalize", "ScoreAccumulator", "CHUNK_COLUMNS", "TABLE_COLUMNS",
-    "bh_qvalues", "percentile_rank", "welch_p", "welch_t", "stats",
+    "score_chunk", "score_test", "finalize", "ScoreAccumulator", "CHUNK_COLUMNS", "TEST_COLUMNS",
+    "TABLE_COLUMNS", "Design", "make_design", "min_attainable_p",
+    "bh_qvalues", "percentile_rank", "welch_p", "welch_t", "stats", "groups", "peers",
 ]

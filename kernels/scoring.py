@@ -13,19 +13,24 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from . import _numba_impl as _nb
-from .stats import bh_qvalues, percentile_rank, welch_p
+from .groups import Design, cell_means, group_test, make_design
+from .peers import PROBE_K, TopColumns, elastic_net_weights, order_ranks, probeless_score
+from .stats import bh_qvalues, percentile_rank
 
-__all__ = ["score_chunk", "finalize", "ScoreAccumulator", "CHUNK_COLUMNS", "TABLE_COLUMNS"]
+__all__ = ["score_chunk", "score_test", "finalize", "ScoreAccumulator", "CHUNK_COLUMNS", "TEST_COLUMNS",
+           "TABLE_COLUMNS", "PROBE_K", "order_ranks"]
 
 #: Columns returned by :func:`score_chunk` (one value per neuron each).
 CHUNK_COLUMNS = (
     "n_pos", "n_neg", "auc", "selectivity", "mean_pos", "mean_neg", "std_pos", "std_neg",
-    "cohens_d", "t", "df", "p_value", "consistency", "neg_p95",
+    "cohens_d", "t", "df", "p_value", "n_units", "effect", "consistency", "neg_p95",
     "range_lo", "range_hi", "range_overlap", "valid",
 )
+#: Held-out columns added by :meth:`ScoreAccumulator.add` when a test split is given.
+TEST_COLUMNS = ("selectivity_test", "p_test", "replicated")
 #: Columns returned by :func:`finalize` / :meth:`ScoreAccumulator.finalize`.
-TABLE_COLUMNS = ("layer", "neuron") + CHUNK_COLUMNS + (
-    "q_value", "importance", "importance_pct", "score", "rank",
+TABLE_COLUMNS = ("layer", "neuron") + CHUNK_COLUMNS + TEST_COLUMNS + (
+    "q_value", "importance", "importance_pct", "score", "rank", "rank_probeless", "rank_probe",
 )
 
 ALPHA = 0.05
@@ -50,7 +55,30 @@ def _is_torch(x) -> bool:
     return mod.startswith("torch")
 
 
-def score_chunk(acts, labels, *, backend: str = "auto") -> dict[str, np.ndarray]:
+def _backend(acts, backend: str) -> str:
+    if backend == "auto":
+        return "torch" if _is_torch(acts) and acts.is_cuda else "numba"
+    if backend not in ("numba", "torch"):
+        raise ValueError(f"unknown backend {backend!r} (auto, numba, torch)")
+    return backend
+
+
+def _example_stats(acts, y: np.ndarray, backend: str) -> np.ndarray:
+    if backend == "numba":
+        if _is_torch(acts):
+            acts = acts.detach().cpu().numpy()
+        return _nb.score_numpy(np.asarray(acts), y)
+    import torch
+
+    from ._torch_impl import score_torch
+
+    if not _is_torch(acts):
+        acts = torch.from_numpy(np.ascontiguousarray(acts))
+    return score_torch(acts.detach(), y)
+
+
+def score_chunk(acts, labels, *, groups=None, design: Design | None = None,
+                backend: str = "auto") -> dict[str, np.ndarray]:
     """Score a block of neurons.
 
     Parameters
@@ -59,6 +87,10 @@ def score_chunk(acts, labels, *, backend: str = "auto") -> dict[str, np.ndarray]
         Pooled activations (float16, float32 or float64).
     labels : array of 0/1 (or bool), shape [n_examples]
         1 = concept example, 0 = other.
+    groups : int array [n_examples] or None
+        Group code per example, -1 = no group (a group of its own). None: every
+        example is its own group (Welch on examples). ``design`` (from
+        :func:`make_design`) may be passed instead, to build it once for many chunks.
     backend : "auto" | "numba" | "torch"
         "auto" picks torch for a CUDA tensor, numba otherwise. "torch" runs on
         the tensor's device (a numpy input goes to the CPU).
@@ -71,22 +103,11 @@ def score_chunk(acts, labels, *, backend: str = "auto") -> dict[str, np.ndarray]
         raise ValueError(f"acts must be 2-D [n_examples, n_neurons], got shape {tuple(acts.shape)}")
     n, m = int(acts.shape[0]), int(acts.shape[1])
     y = _labels(labels, n)
-    if backend == "auto":
-        backend = "torch" if _is_torch(acts) and acts.is_cuda else "numba"
-    if backend == "numba":
-        if _is_torch(acts):
-            acts = acts.detach().cpu().numpy()
-        res = _nb.score_numpy(np.asarray(acts), y)
-    elif backend == "torch":
-        import torch
-
-        from ._torch_impl import score_torch
-
-        if not _is_torch(acts):
-            acts = torch.from_numpy(np.ascontiguousarray(acts))
-        res = score_torch(acts.detach(), y)
-    else:
-        raise ValueError(f"unknown backend {backend!r} (auto, numba, torch)")
+    backend = _backend(acts, backend)
+    design = design if design is not None else make_design(y, groups)
+    if design.cell.shape[0] != n:
+        raise ValueError(f"the design has {design.cell.shape[0]} examples, activations have {n} rows")
+    res = _example_stats(acts, y, backend)
 
     out: dict[str, np.ndarray] = {}
     npos = int(y.sum())
@@ -96,23 +117,48 @@ def score_chunk(acts, labels, *, backend: str = "auto") -> dict[str, np.ndarray]
         out[name] = res[k]
     out["valid"] = res[_nb.VALID] > 0.5
     out["selectivity"] = 2.0 * out["auc"] - 1.0
-    p = welch_p(out["t"], out["df"])
+    g = group_test(cell_means(acts, design, backend=backend), design)
+    p = g["p"]
     p[~out["valid"]] = 1.0
-    out["p_value"] = p
+    out["t"], out["df"], out["p_value"], out["effect"] = g["t"], g["df"], p, g["effect"]
+    out["n_units"] = np.full(m, design.n_units, dtype=np.int64)
     return {k: out[k] for k in CHUNK_COLUMNS}
 
 
+def score_test(acts, labels, direction, *, groups=None, design: Design | None = None,
+               backend: str = "auto", alpha: float = 0.05) -> dict[str, np.ndarray]:
+    """Held-out replication on the test split: ``selectivity_test`` (example AUC),
+    ``p_test`` (the group-level test, one-sided in ``direction``, the sign of the train
+    effect per neuron) and ``replicated`` (same sign of selectivity and p_test < alpha)."""
+    n = int(acts.shape[0])
+    y = _labels(labels, n)
+    backend = _backend(acts, backend)
+    design = design if design is not None else make_design(y, groups)
+    res = _example_stats(acts, y, backend)
+    valid = res[_nb.VALID] > 0.5
+    sel = 2.0 * res[_nb.AUC] - 1.0
+    s = np.sign(np.nan_to_num(np.asarray(direction, dtype=np.float64)))
+    p = group_test(cell_means(acts, design, backend=backend), design, alternative=s)["p"]
+    p[~valid] = 1.0
+    sel = np.where(valid, sel, np.nan)
+    rep = valid & (np.sign(sel) == s) & (s != 0) & (p < alpha)
+    return {"selectivity_test": sel, "p_test": p, "replicated": rep}
+
+
 def finalize(per_layer_results: Sequence[Mapping[str, np.ndarray]], importance=None,
-             *, alpha: float = ALPHA) -> dict[str, np.ndarray]:
+             *, alpha: float = ALPHA, probe_weights=None) -> dict[str, np.ndarray]:
     """Combine scored blocks of one model x concept into the final columns.
 
     ``per_layer_results`` are :func:`score_chunk` outputs (optionally with
     ``layer`` and ``neuron`` columns) in neuron order (layer, then neuron).
-    ``importance`` is None or a vector aligned with the concatenation.
+    ``importance`` is None or a vector aligned with the concatenation;
+    ``probe_weights`` likewise (|weight| of the elastic-net probe, NaN = not fitted).
 
     Adds ``q_value`` (BH over all rows), ``importance``, ``importance_pct``,
     ``score`` and ``rank`` (1, 2, ... among rows with q_value < alpha by
-    descending score, ties by row order; -1 for the others).
+    descending score, ties by row order; -1 for the others), ``rank_probeless``
+    (all valid rows by |mean_pos - mean_neg|) and ``rank_probe`` (fitted rows by
+    |weight|, -1 for the others).
     """
     if not per_layer_results:
         raise ValueError("nothing to finalize")
@@ -140,6 +186,24 @@ def finalize(per_layer_results: Sequence[Mapping[str, np.ndarray]], importance=N
     order = sig[np.argsort(-score[sig], kind="stable")]
     rank[order] = np.arange(1, order.size + 1)
     cols["rank"] = rank
+    valid = np.asarray(cols["valid"], bool) if "valid" in cols else np.ones(total, bool)
+    cols["rank_probeless"] = order_ranks(probeless_score(cols["mean_pos"], cols["mean_neg"]), valid=valid)
+    if probe_weights is None:
+        cols["rank_probe"] = np.full(total, -1, dtype=np.int64)
+    else:
+        w = np.asarray(probe_weights, np.float64).ravel()
+        if w.shape[0] != total:
+            raise ValueError(f"probe_weights has {w.shape[0]} entries, expected {total}")
+        # ties (e.g. weights the L1 part set to 0) go by the probeless order
+        tie = np.where(cols["rank_probeless"] > 0, cols["rank_probeless"], total + 1)
+        fitted = np.flatnonzero(np.isfinite(w))
+        o = fitted[np.lexsort((tie[fitted], -w[fitted]))]
+        rp = np.full(total, -1, dtype=np.int64)
+        rp[o] = np.arange(1, o.size + 1)
+        cols["rank_probe"] = rp
+    for c in TEST_COLUMNS:
+        if c not in cols:
+            cols[c] = np.full(total, np.nan) if c != "replicated" else np.zeros(total, bool)
     return cols
 
 
@@ -148,39 +212,82 @@ class ScoreAccumulator:
 
     >>> acc = ScoreAccumulator()
     >>> for layer, acts in layers:                   # doctest: +SKIP
-    ...     acc.add(layer, acts, labels)
+    ...     acc.add(layer, acts, labels, groups=g, test=(acts_t, labels_t, g_t))
     >>> table = acc.finalize(importance=imp)          # doctest: +SKIP
 
     ``add(layer, acts, labels, neuron_offset=k)`` scores columns
     ``k .. k+acts.shape[1]-1`` of ``layer``; chunks may come in any order.
-    All chunks must use the same labels (the same examples). ``finalize``
-    sorts rows by (layer, neuron) and returns :data:`TABLE_COLUMNS`.
-    Only per-neuron summaries are kept, never the activations.
+    All chunks must use the same labels and groups (the same examples). ``test``
+    (activations, labels, groups of the held-out split, same columns) adds the
+    replication columns. ``probe_k`` > 0 keeps the best ``probe_k`` columns by the
+    probeless score and fits the elastic-net probe on them in ``finalize``.
+    ``finalize`` sorts rows by (layer, neuron) and returns :data:`TABLE_COLUMNS`.
+    Only per-neuron summaries (and the probe's candidate columns) are kept.
     """
 
-    def __init__(self, *, backend: str = "auto", alpha: float = ALPHA):
+    def __init__(self, *, backend: str = "auto", alpha: float = ALPHA, probe_k: int = 0):
         self.backend = backend
         self.alpha = alpha
         self._parts: list[dict[str, np.ndarray]] = []
         self._labels: np.ndarray | None = None
+        self._design: Design | None = None
+        self._test_design: tuple | None = None
+        self._top = TopColumns(probe_k)
+        self.seconds_probe = 0.0
 
-    def add(self, layer: int, acts, labels, *, neuron_offset: int = 0) -> dict[str, np.ndarray]:
-        y = _labels(labels, int(acts.shape[0]))
+    def _designs(self, y: np.ndarray, groups) -> Design:
+        d = make_design(y, groups)
         if self._labels is None:
-            self._labels = y
-        elif not np.array_equal(self._labels, y):
-            raise ValueError("all chunks of one model x concept must use the same labels")
-        res = score_chunk(acts, y, backend=self.backend)
+            self._labels, self._design = y, d
+        elif not np.array_equal(self._labels, y) or d.key() != self._design.key():
+            raise ValueError("all chunks of one model x concept must use the same labels and groups")
+        return self._design
+
+    def add(self, layer: int, acts, labels, *, groups=None, neuron_offset: int = 0,
+            test=None) -> dict[str, np.ndarray]:
+        y = _labels(labels, int(acts.shape[0]))
+        design = self._designs(y, groups)
+        res = score_chunk(acts, y, design=design, backend=self.backend)
         m = res["auc"].shape[0]
         part = {"layer": np.full(m, int(layer), dtype=np.int64),
                 "neuron": np.arange(neuron_offset, neuron_offset + m, dtype=np.int64)}
         part.update(res)
+        if test is not None:
+            xt, yt, gt = test
+            yt = _labels(yt, int(xt.shape[0]))
+            if self._test_design is None:
+                self._test_design = (yt, make_design(yt, gt))
+            part.update(score_test(xt, yt, res["effect"], design=self._test_design[1],
+                                   backend=self.backend, alpha=self.alpha))
+        if self._top.k > 0:
+            row = len(self._parts)  # (part, column) -> resolved in finalize
+            ids = row * (1 << 32) + np.arange(m, dtype=np.int64)
+            sc = probeless_score(res["mean_pos"], res["mean_neg"])
+            self._top.add(sc, ids, acts)
         self._parts.append(part)
         return part
 
     @property
     def n_neurons(self) -> int:
         return sum(p["auc"].shape[0] for p in self._parts)
+
+    @property
+    def design(self) -> Design | None:
+        return self._design
+
+    def _probe_weights(self, order: np.ndarray) -> np.ndarray | None:
+        if self._top.k <= 0 or self._top.cols is None:
+            return None
+        import time
+
+        t0 = time.perf_counter()
+        w = elastic_net_weights(self._top.cols, self._labels)
+        self.seconds_probe = time.perf_counter() - t0
+        starts = np.cumsum([0] + [p["auc"].shape[0] for p in self._parts])
+        flat = starts[self._top.rows >> 32] + (self._top.rows & ((1 << 32) - 1))
+        out = np.full(starts[-1], np.nan)
+        out[flat] = w
+        return out[order]
 
     def finalize(self, importance=None) -> dict[str, np.ndarray]:
         """``importance``: None, a vector in (layer, neuron) order, or {layer: vector}."""
@@ -191,7 +298,9 @@ class ScoreAccumulator:
         order = np.lexsort((neuron, layer))
         if np.any((np.diff(layer[order]) == 0) & (np.diff(neuron[order]) == 0)):
             raise ValueError("the same (layer, neuron) was added twice")
-        merged = {k: np.concatenate([p[k] for p in self._parts])[order] for k in self._parts[0]}
+        keys = set.intersection(*(set(p) for p in self._parts))
+        merged = {k: np.concatenate([p[k] for p in self._parts])[order]
+                  for k in self._parts[0] if k in keys}
         if isinstance(importance, Mapping):
             imp = np.full(layer.shape[0], np.nan)
             ls, ns = merged["layer"], merged["neuron"]
@@ -199,5 +308,5 @@ class ScoreAccumulator:
                 sel = ls == int(lay)
                 imp[sel] = np.asarray(vec, dtype=np.float64).ravel()[ns[sel]]
             importance = imp
-        cols = finalize([merged], importance, alpha=self.alpha)
+        cols = finalize([merged], importance, alpha=self.alpha, probe_weights=self._probe_weights(order))
         return {k: cols[k] for k in TABLE_COLUMNS}

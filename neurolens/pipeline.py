@@ -21,7 +21,7 @@ from neurolens.engine import registry
 from neurolens.engine.adapters.base import Adapter, ModelError
 from neurolens.engine.extract import Shard, extract, layer_key, model_sha
 from neurolens.engine.pooling import POOLINGS
-from neurolens.engine.score import SCORE_VERSION, score_layers, write_scores
+from neurolens.engine.score import SCORE_VERSION, TOO_FEW, inference, score_layers, write_scores
 from neurolens.probes import ProbeError, ProbeSet, load_probes
 from neurolens.progress import Bars
 from neurolens.store import SCHEMAS, Store
@@ -56,6 +56,8 @@ class RunResult:
     report: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    n_units: int | None = None      # units of the group-level test (groups or cells)
+    note: str | None = None         # one line when no finding is possible (too few groups)
 
 
 def versions() -> str:
@@ -187,7 +189,15 @@ def _stages(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Store, sh
 
     _label(adapter, probes, store, cfg, run_id, skey, bars)
     res.top = top_neurons(store, adapter.name, probes.concept, cfg.top_k)
+    inf = inference(probes)
+    res.n_units = inf.n_units
+    n_scored = adapter_neurons(store, adapter.name, probes.concept)
+    if not inf.feasible(n_scored):
+        res.note = (f"{TOO_FEW} ({inf.n_units} {'groups' if inf.paired else 'cells'} in train: "
+                    f"even a perfect neuron reaches only p = {inf.min_p:.1e}, "
+                    f"q ~ {min(1.0, inf.min_p * n_scored):.2f} over {n_scored:,} neurons)")
     store.write_run(_run_row(**base, status="done", tokens=stats.tokens,
+                             n_units=inf.n_units, design=inf.design, min_p=inf.min_p,
                              seconds_extract=res.seconds["extract"], seconds_score=res.seconds["score"],
                              seconds_ablate=res.seconds["ablate"],
                              finished_at=dt.datetime.now(dt.timezone.utc)), run_id)
@@ -229,6 +239,13 @@ def _label(adapter: Adapter, probes: ProbeSet, store: Store, cfg: RunConfig, run
                      batch_size=cfg.batch_size, bars=bars, relabel=cfg.relabel)
 
 
+def adapter_neurons(store: Store, model: str, concept: str) -> int:
+    """How many neurons the scores partition of this model x concept holds."""
+    from neurolens.store import read_table
+
+    return read_table(store, "scores", {"model": model, "concept": concept}).num_rows
+
+
 def top_neurons(store: Store, model: str, concept: str, k: int) -> pa.Table:
     from neurolens.store import read_table
 
@@ -237,7 +254,8 @@ def top_neurons(store: Store, model: str, concept: str, k: int) -> pa.Table:
     ok = np.flatnonzero(~np.isnan(r.astype(float)))
     ok = ok[np.argsort(r[ok].astype(float))][:k]
     return t.take(pa.array(ok, pa.int64())).select(
-        ["layer", "neuron", "rank", "score", "selectivity", "consistency", "importance_pct", "q_value"])
+        ["layer", "neuron", "rank", "score", "selectivity", "consistency", "importance_pct", "q_value",
+         "n_units", "selectivity_test", "p_test", "replicated", "rank_probeless", "rank_probe"])
 
 
 __all__ = ["RunConfig", "RunResult", "run", "top_neurons", "versions", "new_run_id"]

@@ -23,6 +23,7 @@ SCATTER_MAX_REST = 2500   # non-significant neurons drawn in the scatter at most
 SCATTER_MAX_SIG = 2500    # significant neurons drawn at most (the best-ranked first)
 SANKEY_FAMILIES = 12      # families drawn by name in the Sankey; the rest as one band
 HIST_BINS = 30
+OVERLAP_K = 10            # top-k of the three rankings compared in the peer panel
 DEPTH_BINS = 10
 
 
@@ -108,6 +109,7 @@ def render_report(store_root: str | Path, model: str, concept: str, out_dir: str
     singles = query(con, "ablation_single", **p) if have_ablations else None
     n_validated = (singles.filter(pl.col("z") >= Z_MIN).select("layer", "neuron").unique().height
                    if singles is not None else None)
+    finding = _finding(con, p, run, n_scored, have_ablations)
 
     # -- where it lives ---------------------------------------------------------------
     bins = min(64, max(8, int(layer_counts["n_scored"].max() or 1)))
@@ -178,6 +180,7 @@ def render_report(store_root: str | Path, model: str, concept: str, out_dir: str
         seconds=_seconds, n_scored=n_scored, n_sig=n_sig, n_layers=entry.n_layers,
         layer_counts=layer_counts.to_dicts(), top=top, best=best, cards=cards,
         n_validated=n_validated, top_validated=sum(bool(t["validated"]) for t in top),
+        finding=finding, overlap=_overlap(con, p, OVERLAP_K),
         abl_summary=abl_summary, zero=zero, alpha=ALPHA, z_min=Z_MIN,
         layer_map_id=layer_map_id, sweep_id=sweep_id, n_concepts=n_concepts,
         scatter_id=scatter_id, scatter_note=scatter_note, sankey=sankey,
@@ -186,6 +189,28 @@ def render_report(store_root: str | Path, model: str, concept: str, out_dir: str
         generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     )
     return render_page("report.html.j2", out_dir / report_name(model, concept), c, **ctx)
+
+
+def _finding(con, p: dict, run: dict | None, n_scored: int, ablated: bool) -> dict:
+    """The headline's counts: significant, replicated on held-out groups, and validated
+    where ablation ran; ``too_few`` when even a perfect neuron could not pass q < alpha."""
+    f = query(con, "finding", **p).to_dicts()[0]
+    min_p = _f(run.get("min_p")) if run else None
+    f["min_p"] = min_p
+    f["design"] = run.get("design") if run else None
+    f["too_few"] = min_p is not None and min_p * max(1, n_scored) > ALPHA
+    f["ablated"] = ablated
+    f["n_found"] = f["n_found_validated"] if ablated else f["n_replicated"]
+    return f
+
+
+def _overlap(con, p: dict, k: int) -> dict | None:
+    """Top-k agreement of our ranking with the probeless and the elastic-net probe rankings."""
+    o = query(con, "ranking_overlap", k=k, **p).to_dicts()[0]
+    if not o["n_probeless"]:
+        return None
+    o["k"] = k
+    return o
 
 
 def _cards(con, c: Charts, model: str, concept: str, entry: Entry, top: list[dict],
@@ -357,15 +382,15 @@ def _render_index(con, out_dir: Path, chosen: list[Entry], modality: dict[str, s
     ov = ov.with_columns(
         pl.struct("model", "concept").map_elements(lambda s: report_name(s["model"], s["concept"]),
                                                    return_dtype=pl.String).alias("href"),
-        pl.col("n_sig").max().alias("max_sig"),
-        (pl.col("n_sig").cast(pl.String) + pl.lit(" sig · ") + pl.col("n_validated").cast(pl.String)
-         + pl.lit(" val")).alias("label"))
+        pl.col("n_found").max().alias("max_sig"),
+        (pl.col("n_found").cast(pl.String) + pl.lit(" found · ") + pl.col("n_sig").cast(pl.String)
+         + pl.lit(" sig")).alias("label"))
     c = Charts()
     chart_id = c.add(ch.overview(ov), "overview")
     models = sorted({e.model for e in chosen})
     concepts = sorted({e.concept for e in chosen})
     cells = {(r["model"], r["concept"]): r for r in ov.to_dicts()}
-    max_sig = max([r["n_sig"] for r in cells.values()] or [1]) or 1
+    max_sig = max([r["n_found"] for r in cells.values()] or [1]) or 1
     n_layers = {m: max(e.n_layers for e in chosen if e.model == m) for m in models}
     best = ov.sort("top_score", descending=True, nulls_last=True).head(1).to_dicts()
     ctx = dict(kind="index", title="NeuroLens report set", models=models, concepts=concepts,

@@ -210,22 +210,25 @@ def depth_compare(df: pl.DataFrame, bins: int, models: list[str]) -> dict:
 
 
 def overview(df: pl.DataFrame) -> dict:
-    """Models × concepts: significant neurons per cell, each cell a link to its report."""
+    """Models × concepts: findings per cell (significant, replicated on held-out groups and,
+    where ablation ran, validated), each cell a link to its report."""
     D = _Datasets()
     base = alt.Chart(D("d8", rows(df))).encode(
         x=alt.X("concept:N", title=None, axis=alt.Axis(labelAngle=0, orient="top")),
         y=alt.Y("model:N", title=None))
     rect = base.mark_rect(stroke="white", strokeWidth=2, cursor="pointer").encode(
-        color=alt.Color("n_sig:Q", title="significant neurons", scale=alt.Scale(scheme="blues", zero=True)),
+        color=alt.Color("n_found:Q", title="findings", scale=alt.Scale(scheme="blues", zero=True)),
         href="href:N",
         tooltip=[alt.Tooltip("model:N"), alt.Tooltip("concept:N"),
+                 alt.Tooltip("n_found:Q", title="findings"),
                  alt.Tooltip("n_sig:Q", title="significant"),
+                 alt.Tooltip("n_replicated:Q", title="replicated"),
                  alt.Tooltip("top_neuron:N", title="top neuron"),
                  alt.Tooltip("top_score:Q", title="top score", format=".3f"),
                  alt.Tooltip("n_validated:Q", title="validated")])
     text = base.mark_text(fontSize=12).encode(
         text="label:N",
-        color=alt.condition("datum.n_sig > datum.max_sig * 0.6", alt.value("white"), alt.value("#111827")))
+        color=alt.condition("datum.n_found > datum.max_sig * 0.6", alt.value("white"), alt.value("#111827")))
     n_models = df["model"].n_unique()
     return _spec((rect + text).properties(width="container", height=max(80, 46 * n_models)), D)
 

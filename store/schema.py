@@ -26,6 +26,7 @@ RUNS = pa.schema([
     ("seconds_ablate", pa.float64()), ("versions", pa.string()), ("status", pa.string()),
     ("dtype", pa.string()), ("started_at", pa.timestamp("us", tz="UTC")),
     ("finished_at", pa.timestamp("us", tz="UTC")),
+    ("n_units", pa.int32()), ("design", pa.string()), ("min_p", pa.float64()),
 ])
 
 EXAMPLES = pa.schema([
@@ -51,7 +52,9 @@ SCORES = pa.schema([
     ("std_neg", pa.float64()), ("p_value", pa.float64()), ("q_value", pa.float64()),
     ("consistency", pa.float64()), ("importance", pa.float64()), ("importance_pct", pa.float64()),
     ("score", pa.float64()), ("rank", pa.int32()), ("range_lo", pa.float64()),
-    ("range_hi", pa.float64()), ("range_overlap", pa.float64()), ("run_id", pa.string()),
+    ("range_hi", pa.float64()), ("range_overlap", pa.float64()), ("n_units", pa.int32()),
+    ("selectivity_test", pa.float64()), ("p_test", pa.float64()), ("replicated", pa.bool_()),
+    ("rank_probeless", pa.int32()), ("rank_probe", pa.int32()), ("run_id", pa.string()),
 ])
 
 ABLATIONS = pa.schema([

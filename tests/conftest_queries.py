@@ -70,6 +70,9 @@ def _scores(rng: np.random.Generator, n_layers: int, width: int, planted: np.nda
         "rank": pa.array(rank, mask=rank < 0, type=pa.int32()),
         "range_lo": mean_pos - 2 * std_pos, "range_hi": mean_pos + 2 * std_pos,
         "range_overlap": rng.uniform(0, 0.3, n),
+        "n_units": np.full(n, 24, np.int32), "selectivity_test": selectivity, "p_test": p,
+        "replicated": q < 0.05, "rank_probeless": pa.nulls(n, pa.int32()),
+        "rank_probe": pa.nulls(n, pa.int32()),
     }
     return cols
 

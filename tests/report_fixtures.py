@@ -104,7 +104,20 @@ def _scores(acts: np.ndarray, label: np.ndarray, train: np.ndarray, importance: 
     overlap = ((neg >= lo) & (neg <= hi)).mean(0)
     layer = np.repeat(np.arange(n_layers), n_neurons)
     neuron = np.tile(np.arange(n_neurons), n_layers)
+    # held-out replication on the test rows (examples are the units here: no groups)
+    ta, ty = acts[~train], label[~train]
+    t1, t0 = (ty == 1).sum(), (ty == 0).sum()
+    tr = stats.rankdata(ta, axis=0)
+    sel_t = 2 * (tr[ty == 1].sum(0) - t1 * (t1 + 1) / 2) / (t1 * t0) - 1
+    sign = np.sign(mp - mn)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p_gt = stats.ttest_ind(ta[ty == 1], ta[ty == 0], equal_var=False, alternative="greater").pvalue
+    p_test = np.nan_to_num(np.where(sign > 0, p_gt, 1 - p_gt), nan=1.0)
+    replicated = (np.sign(sel_t) == sign) & (sign != 0) & (p_test < 0.05)
     return dict(layer=layer, neuron=neuron, selectivity=sel, auc=auc, cohens_d=d, mean_pos=mp,
+                n_units=np.full(sel.size, n1 + n0), selectivity_test=sel_t, p_test=p_test,
+                replicated=replicated,
                 mean_neg=mn, std_pos=sp, std_neg=sn, p_value=p, q_value=q,
                 consistency=consistency, importance=importance, importance_pct=imp_pct,
                 score=score, rank=rank, range_lo=lo, range_hi=hi, range_overlap=overlap,

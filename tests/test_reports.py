@@ -81,9 +81,14 @@ def test_pages_are_self_contained(report_set):
 
 def test_summary_numbers_match_the_store(store_root, report_set):
     con = connect(store_root)
-    n_sig, n_scored = con.execute(
-        "SELECT count(*) FILTER (WHERE q_value < 0.05), count(*) FROM scores "
+    n_sig, n_scored, n_rep = con.execute(
+        "SELECT count(*) FILTER (WHERE q_value < 0.05), count(*), "
+        "count(*) FILTER (WHERE q_value < 0.05 AND replicated) FROM scores "
         "WHERE model = 'gpt2' AND concept = 'negation'").fetchall()[0]
+    n_found = con.execute(
+        "SELECT count(*) FROM scores s JOIN (SELECT DISTINCT layer, neuron FROM ablations WHERE "
+        "model = 'gpt2' AND concept = 'negation' AND mode = 'single' AND z >= 3) USING (layer, neuron) "
+        "WHERE model = 'gpt2' AND concept = 'negation' AND q_value < 0.05 AND replicated").fetchall()[0][0]
     n_val = con.execute(
         "SELECT count(DISTINCT (layer, neuron)) FROM ablations WHERE model = 'gpt2' AND "
         "concept = 'negation' AND mode = 'single' AND z >= 3").fetchall()[0][0]
@@ -92,8 +97,11 @@ def test_summary_numbers_match_the_store(store_root, report_set):
         "AND q_value < 0.05 ORDER BY rank LIMIT 1").fetchall()[0][0]
     page = _page(report_set, "gpt2__negation.html")
     text = htmlmod.unescape(re.sub(r"<[^>]+>", "", page.split('<main>')[0]))
-    assert f"{n_sig} of {n_scored:,} neurons" in text
-    assert f"{n_val} neurons are individually validated" in text
+    # the headline leads with significant, replicated and validated neurons
+    assert 0 < n_found <= n_rep <= n_sig
+    assert (f"{n_found} neurons are significant for negation" in text
+            and f"of {n_sig} significant on train among {n_scored:,} scored" in text)
+    assert f'<div class="v">{n_val}</div><div class="k">validated by ablation' in page
     assert f"The strongest, {best}" in text
     assert f'id="{best}"' in page                         # its passport card
     assert page.count('<article class="card"') == min(8, n_sig)

@@ -42,13 +42,18 @@ def print_top(res, console) -> None:
     from rich.table import Table
 
     t = Table(title=f"top neurons · {res.model} · {res.concept}")
-    for c in ("neuron", "rank", "score", "selectivity", "consistency", "importance pct", "q"):
+    for c in ("neuron", "rank", "score", "selectivity", "consistency", "importance pct", "q",
+              "held-out p", "replicated"):
         t.add_column(c, justify="right")
     if res.top is not None:
         for r in res.top.to_pylist():
             imp = "—" if r["importance_pct"] is None else f"{r['importance_pct']:.2f}"
+            pt = "—" if r.get("p_test") is None else f"{r['p_test']:.1e}"
             t.add_row(f"L{r['layer']}.N{r['neuron']}", str(r["rank"]), f"{r['score']:.3f}",
-                      f"{r['selectivity']:+.3f}", f"{r['consistency']:.2f}", imp, f"{r['q_value']:.1e}")
+                      f"{r['selectivity']:+.3f}", f"{r['consistency']:.2f}", imp, f"{r['q_value']:.1e}",
+                      pt, "yes" if r.get("replicated") else "no")
+    if getattr(res, "note", None):
+        console.print(res.note, soft_wrap=True, highlight=False)
     console.print(t)
     if res.top is not None and res.top.num_rows == 0:
         console.print("no neuron passes q < 0.05 for this concept")

@@ -1,7 +1,10 @@
--- One row per model x concept: significant neurons, best neuron, validated neurons (single-neuron z >= 3).
+-- One row per model x concept: significant neurons, those that replicate on held-out groups,
+-- best neuron, validated neurons (single-neuron z >= 3), and the findings: significant,
+-- replicated and (where ablation ran) validated.
 WITH s AS (
     SELECT model, concept, count(*) AS n_scored,
            count(*) FILTER (WHERE q_value < $alpha) AS n_sig,
+           count(*) FILTER (WHERE q_value < $alpha AND coalesce(replicated, false)) AS n_replicated,
            max(score) FILTER (WHERE q_value < $alpha) AS top_score,
            arg_max('L' || layer || '.N' || neuron, score) FILTER (WHERE q_value < $alpha) AS top_neuron,
            max(selectivity) AS max_selectivity
@@ -9,10 +12,20 @@ WITH s AS (
 ), v AS (
     SELECT model, concept, count(DISTINCT (layer, neuron)) AS n_validated
     FROM ablations WHERE mode = 'single' AND z >= $z_min GROUP BY ALL
+), f AS (
+    SELECT s.model, s.concept, count(*) AS n_found_validated
+    FROM scores s JOIN (SELECT DISTINCT model, concept, layer, neuron FROM ablations
+                        WHERE mode = 'single' AND z >= $z_min) v USING (model, concept, layer, neuron)
+    WHERE s.q_value < $alpha AND coalesce(s.replicated, false) GROUP BY ALL
+), h AS (
+    SELECT DISTINCT model, concept FROM ablations
 ), a AS (
     SELECT model, concept, max(z) AS best_z
     FROM ablations WHERE mode = 'cumulative' GROUP BY ALL
 )
-SELECT s.*, coalesce(v.n_validated, 0) AS n_validated, a.best_z
+SELECT s.*, coalesce(v.n_validated, 0) AS n_validated, a.best_z,
+       CASE WHEN h.model IS NULL THEN s.n_replicated ELSE coalesce(f.n_found_validated, 0) END AS n_found,
+       h.model IS NOT NULL AS ablated
 FROM s LEFT JOIN v USING (model, concept) LEFT JOIN a USING (model, concept)
+LEFT JOIN f USING (model, concept) LEFT JOIN h USING (model, concept)
 ORDER BY s.model, s.concept;

@@ -16,7 +16,8 @@ WITH s AS (
 SELECT s.layer, s.neuron, 'L' || s.layer || '.N' || s.neuron AS name, s.n_layers, s.depth,
        s.selectivity, s.auc, s.cohens_d, s.mean_pos, s.mean_neg, s.std_pos, s.std_neg,
        s.p_value, s.q_value, s.consistency, s.importance, s.importance_pct, s.score, s.rank,
-       s.range_lo, s.range_hi, s.range_overlap,
+       s.range_lo, s.range_hi, s.range_overlap, s.n_units, s.selectivity_test, s.p_test,
+       coalesce(s.replicated, false) AS replicated, s.rank_probeless, s.rank_probe,
        ab.best_z, coalesce(ab.best_z >= $z_min, false) AS validated,
        lb.family, lb.label, lb.top_tokens, lb.polysemantic, lb.explanation_score
 FROM s

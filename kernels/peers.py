@@ -1,0 +1,94 @@
+"""The peer rankings beside ours, from the same train activations (NeuroX, Dalvi et al.).
+
+* probeless (Antverg & Belinkov 2022): for binary labels, |mean_pos - mean_neg|;
+* elastic-net linear probe: logistic regression with an L1 + L2 penalty on
+  standardised activations, neurons ranked by |weight|. The fit is bounded: it sees
+  only the ``k`` best neurons by the probeless score (kept while streaming by
+  :class:`TopColumns`) and at most ``MAX_ITER`` saga epochs.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+__all__ = ["probeless_score", "order_ranks", "TopColumns", "elastic_net_weights",
+           "PROBE_K", "L1_RATIO", "C", "MAX_ITER"]
+
+PROBE_K = 2000    # neurons the elastic-net probe is fitted on (the best by probeless score)
+L1_RATIO = 0.5    # elastic-net mixing: half L1, half L2
+C = 0.05          # inverse penalty strength (sklearn's convention)
+MAX_ITER = 200    # saga epochs at most
+TOL = 1e-3
+
+
+def probeless_score(mean_pos, mean_neg) -> np.ndarray:
+    """|mean_pos - mean_neg| per neuron; NaN (invalid neuron) -> -inf, ranked last."""
+    d = np.abs(np.asarray(mean_pos, np.float64) - np.asarray(mean_neg, np.float64))
+    return np.where(np.isfinite(d), d, -np.inf)
+
+
+def order_ranks(score, *, valid=None) -> np.ndarray:
+    """1 = best (largest score), ties by position; -1 where ``valid`` is False."""
+    score = np.asarray(score, np.float64)
+    valid = np.ones(score.shape[0], bool) if valid is None else np.asarray(valid, bool)
+    rank = np.full(score.shape[0], -1, np.int64)
+    idx = np.flatnonzero(valid)
+    order = idx[np.argsort(-score[idx], kind="stable")]
+    rank[order] = np.arange(1, order.size + 1)
+    return rank
+
+
+class TopColumns:
+    """The ``k`` best columns (by a score) seen so far, and where they came from.
+
+    Each ``add`` merges a chunk's columns with the kept ones, so memory stays at
+    n_examples x (k + chunk) whatever the model's size.
+    """
+
+    def __init__(self, k: int):
+        self.k = int(k)
+        self.score = np.empty(0)
+        self.rows = np.empty(0, np.int64)       # global row ids (set by the caller)
+        self.cols: np.ndarray | None = None     # [n, kept] float32
+
+    def add(self, score: np.ndarray, rows: np.ndarray, cols) -> None:
+        if self.k <= 0:
+            return
+        keep = np.argsort(-score, kind="stable")[: self.k]
+        if type(cols).__module__.startswith("torch"):
+            import torch
+
+            cols = cols[:, torch.as_tensor(keep, device=cols.device)].detach().cpu().numpy()
+        else:
+            cols = np.asarray(cols)[:, keep]
+        cols = cols.astype(np.float32)
+        score, rows = np.asarray(score)[keep], np.asarray(rows)[keep]
+        if self.cols is None:
+            self.cols, self.score, self.rows = cols, score, rows
+            return
+        s = np.concatenate([self.score, score])
+        best = np.argsort(-s, kind="stable")[: self.k]
+        self.cols = np.concatenate([self.cols, cols], axis=1)[:, best]
+        self.score, self.rows = s[best], np.concatenate([self.rows, rows])[best]
+
+
+def elastic_net_weights(x: np.ndarray, y: np.ndarray, *, l1_ratio: float = L1_RATIO, c: float = C,
+                        max_iter: int = MAX_ITER, seed: int = 0) -> np.ndarray:
+    """|weight| per column of a logistic elastic-net probe on standardised ``x`` [n, k]."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y).astype(np.int64)
+    if x.shape[1] == 0 or y.min() == y.max():
+        return np.zeros(x.shape[1])
+    mu = x.mean(axis=0)
+    sd = x.std(axis=0)
+    z = np.where(sd > 0, (x - mu) / np.where(sd > 0, sd, 1.0), 0.0)
+    clf = LogisticRegression(l1_ratio=l1_ratio, C=c, solver="saga", max_iter=max_iter, tol=TOL,
+                             random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(z, y)
+    return np.abs(clf.coef_.ravel())
