@@ -7,10 +7,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch import nn
-
 from neurolens.engine.adapters.base import Adapter, Batch, Kind, ModelError
 from neurolens.probes.types import Example
+from torch import nn
 
 _ARCH_KIND: dict[str, Kind] = {"LMHeadModel": "causal_lm", "ForCausalLM": "causal_lm",
                                "ForMaskedLM": "masked_lm", "ForPreTraining": "masked_lm"}
@@ -43,20 +42,29 @@ class TextAdapter(Adapter):
 
     @classmethod
     def load(cls, ref: str, *, name: str, device: torch.device, dtype: torch.dtype,
-             local_only: bool) -> Adapter:
+             local_only: bool, placement: dict | None = None) -> Adapter:
+        """`placement`: accelerate's big-model kwargs (`engine/placement.py`); the model is
+        then dispatched over its devices instead of moved to `device`."""
         import transformers as tf
 
         config = tf.AutoConfig.from_pretrained(ref, local_files_only=local_only)
         kind = kind_from_config(config)
         klass = getattr(tf, cls.head_classes.get(kind, "AutoModel"))
-        model = klass.from_pretrained(ref, local_files_only=local_only, torch_dtype=dtype)
+        model = klass.from_pretrained(ref, local_files_only=local_only, torch_dtype=dtype,
+                                      **(placement or {}))
         tok = tf.AutoTokenizer.from_pretrained(ref, local_files_only=local_only, use_fast=True)
         if not getattr(tok, "is_fast", False):
             raise ModelError(f"{name}: a fast tokenizer is needed (tokenizer.json)")
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token or tok.unk_token
         tok.padding_side = "right"
-        model.eval().to(device)
+        model.eval()
+        if placement:
+            from neurolens.engine.placement import settle
+
+            device = settle(model, placement)
+        else:
+            model.to(device)
         for p in model.parameters():
             p.requires_grad_(False)
         return cls(model, tok, name=name, ref=ref, kind=kind, device=device, dtype=dtype)
