@@ -38,6 +38,7 @@ from torch import nn
 
 from neurolens.engine.adapters.base import Adapter, Batch
 from neurolens.engine.hooks import on_sites
+from neurolens.engine.placement import resident
 from neurolens.probes.types import Example
 
 Neuron = tuple[int, int]
@@ -111,7 +112,7 @@ def _block_stack(adapter: Adapter, layers: Sequence[int]) -> _Stack | None:
                     parent_of.setdefault(id(blk), (ml, blk))
         stack, at = None, {}
         for l in layers:
-            target = adapter.neuron_module(l)
+            target = adapter.neuron_site(l)[0]
             found = next(((ml, blk) for ml, blk in parent_of.values()
                           if blk is target or any(m is target for m in blk.modules())), None)
             if found is None or (stack is not None and found[0] is not stack):
@@ -184,10 +185,13 @@ def _readout_rows(adapter: Adapter, layer: int) -> tuple[nn.Module, torch.Tensor
     mod = adapter.neuron_readout(layer)
     if mod is None:
         return None
+    weight = resident(mod)                            # also when offloaded by --device-map
+    if weight is None:
+        return None
     if isinstance(mod, nn.Linear):
-        w = mod.weight.t()
+        w = weight.t()
     elif type(mod).__name__ == "Conv1D":              # transformers' GPT-2 layer: x @ W + b
-        w = mod.weight
+        w = weight
     else:
         return None
     return (mod, w) if w.shape[0] == adapter.n_neurons(layer) else None

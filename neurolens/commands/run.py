@@ -13,6 +13,11 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pooling", choices=POOLINGS, default="mean")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--device-map", default=None, metavar="MAP",
+                   help="spread a big model over GPUs, CPU and disk (auto, balanced, sequential)")
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="cap per device with --device-map: 20GiB, or 0=20GiB,cpu=8GiB; the rest "
+                        "is offloaded to disk (implies --device-map auto)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-importance", action="store_true", help="skip the backward pass")
@@ -23,7 +28,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="probe one model for one concept")
-    p.add_argument("--model", required=True, help="registry name, local checkpoint folder, or hub id")
+    p.add_argument("--model", required=True,
+                   help="registry name, .gguf file, local checkpoint folder, or hub id")
     p.add_argument("--concept", help="a built-in concept (see `neurolens concepts`)")
     p.add_argument("--probes", help="a custom probe file (.json, .jsonl, .csv) or image folder")
     add_common(p)
@@ -34,6 +40,7 @@ def config(args: argparse.Namespace, model: str, concept: str | None):
 
     return RunConfig(model=model, concept=concept, probes=getattr(args, "probes", None),
                      layers=args.layers, pooling=args.pooling, dtype=args.dtype, device=args.device,
+                     device_map=args.device_map, max_memory=args.max_memory,
                      batch_size=args.batch_size, seed=args.seed, ablate=args.ablate, top_k=args.top_k,
                      importance=not args.no_importance, report=not args.no_report, out=args.out)
 

@@ -73,6 +73,7 @@ def plan(args: argparse.Namespace) -> tuple[list[str], list[str], dict[str, str]
         registry.resolve(m)  # an unknown name or a folder that is not a checkpoint: exit 2 now
     check_config(config(args, models[0], wanted[0]))
     registry.pick_device(args.device)
+    registry.placement(args.device_map, args.max_memory, args.device)
     return models, wanted, concepts
 
 
@@ -88,7 +89,8 @@ def sweep(args: argparse.Namespace, bars, done: list[Outcome]) -> None:
     with bars.stage("sweep", len(models) * len(wanted)) as overall:
         for m in models:
             try:
-                adapter = registry.load(m, device=args.device, dtype=args.dtype)
+                adapter = registry.load(m, device=args.device, dtype=args.dtype,
+                                        device_map=args.device_map, max_memory=args.max_memory)
             except user_errors() as e:
                 done.append(Outcome(m, "*", "failed", f"cannot load: {_first_line(e)}"))
                 overall(len(wanted))
