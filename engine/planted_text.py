@@ -163,7 +163,9 @@ def make_probes(family: str, seed: int) -> tuple[ProbeSet, list[str]]:
     every template once (the positives are one sentence per word and template) and
     there are enough groups, each holding both labels, for a group-level test to
     find a planted neuron among thousands. Whole royalty words go to test (drawn
-    from the seed): test sentences use royalty words never seen in training.
+    from the seed): test sentences use royalty words never seen in training. The
+    vocabulary holds only 10 royalty words, so each recurs in `PARTNERS` groups: the
+    groups are not independent samples of words (docs/probes.md, Planted probes).
     """
     rng = random.Random(seed)
     words = list(ROYALTY)

@@ -20,7 +20,7 @@ GOLDEN_SHA = {
     "animals": "abac7d4092f4d672", "colors": "951a14355873662f", "comparatives": "7294b465398550ed",
     "emotion": "cb50cb68dc849b20", "food": "40a9e8ea82e560c9", "future_tense": "a26a5e16250207f1",
     "gender": "7f2d4fea706466d6", "law": "cd870b199bf9b119", "medicine": "0d58732d12195be8",
-    "negation": "a579b18658767d3b", "numbers": "b53413df45e37c24", "past_tense": "3df53210896e4309",
+    "negation": "d4630ba910a07065", "numbers": "ff9e7f6b184d603a", "past_tense": "3df53210896e4309",
     "places": "76a2167b79b59277", "plural": "b5d7d6fbb2b8a6be", "questions": "b7a5448423d461e9",
     "royalty": "b518ba2d1274caa3", "sentiment": "6531408daa172487", "sports": "c02ac852ce780ec2",
     "stripes": "6dbae273adefe923", "checkerboard": "210b3e4efe3a6f88", "dots": "b5f21a7ccda7576f",
