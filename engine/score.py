@@ -27,7 +27,6 @@ TOO_FEW = "too few groups for any finding: add phrasings or words"
 
 def scores_table(cols: dict[str, np.ndarray], n_layers: int, run_id: str) -> pa.Table:
     n = cols["layer"].shape[0]
-    rank = cols["rank"].astype(np.int64)
     data = {
         "layer": cols["layer"].astype(np.int32), "neuron": cols["neuron"].astype(np.int32),
         "n_layers": np.full(n, n_layers, np.int32),

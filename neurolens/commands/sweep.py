@@ -110,11 +110,15 @@ def sweep(args: argparse.Namespace, bars, done: list[Outcome]) -> None:
                     res = run_pipeline(cfg, adapter=adapter, probes=load_concept(c), bars=bars)
                     stages = {"extract", "score"} | ({"ablate"} if args.ablate else set())
                     n = 0 if res.top is None else res.top.num_rows
+                    n_rep = 0 if res.top is None else sum(bool(r) for r in res.top.column("replicated").to_pylist())
                     if stages <= set(res.skipped):
                         done.append(Outcome(adapter.name, c, "skipped", "already in the store"))
+                    elif res.note:
+                        done.append(Outcome(adapter.name, c, "ran", "too few groups for any finding: "
+                                            "add phrasings or words"))
                     else:
                         done.append(Outcome(adapter.name, c, "ran",
-                                            f"{n} significant top neurons"))
+                                            f"{n} significant top neurons, {n_rep} replicated"))
                 except StoreError as e:  # the store itself is unusable (disk full): stop
                     done.append(Outcome(adapter.name, c, "failed", _first_line(e)))
                     raise
