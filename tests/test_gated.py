@@ -102,10 +102,18 @@ def test_padding_does_not_change_values(tiny):
                                a_one[1].float().numpy()[np.argsort(rows1)], rtol=1e-2, atol=1e-3)
 
 
+#: the layouts that differ around the MLP: plain (Llama), post-MLP norms and soft-capped
+#: logits (Gemma 2), sliding-window masks and two rotary tables (Gemma 3), fused gate_up (Phi-3)
+ABLATION_TYPES = ("llama", "gemma2", "gemma3_text", "phi3")
+
+
 def test_batched_ablation_equals_one_forward_each(tiny):
     """Fan-out (through down_proj, the readout of an input site), prefix and flat
-    ablation all equal one forward per set, on a padded batch of different lengths."""
-    _, adapter = tiny
+    ablation all equal one forward per set, on a padded batch of different lengths:
+    masks, position ids and rotary tables survive the replicas."""
+    mt, adapter = tiny
+    if mt not in ABLATION_TYPES:
+        pytest.skip("the ablation paths are shared; four layouts cover them")
     ex = _examples()
     conf = Confidence(adapter, ex)
     assert _block_stack(adapter, [0, 1]) is not None
@@ -114,7 +122,7 @@ def test_batched_ablation_equals_one_forward_each(tiny):
             [(0, n) for n in range(0, 48, 3)]]
     values = {l: np.linspace(-0.2, 0.4, 48) for l in (0, 1)}
     ranges = {(l, n): (-0.3, 0.3) for s in sets for l, n in s}
-    for method in ("zero", "mean", "range"):
+    for method in ("mean", "range"):
         kw = dict(method=method, values=values, ranges=ranges, batch_size=4)
         slow = np.stack([ablate_sets(adapter, conf, ex, [s], replicas=1, share_prefix=False, **kw)[0]
                          for s in sets])
