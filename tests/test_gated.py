@@ -55,6 +55,7 @@ def _plain_neurons(adapter, batch, layer: int) -> tuple[torch.Tensor, torch.Tens
 def test_adapter_claims_the_type(tiny):
     mt, adapter = tiny
     assert isinstance(adapter, GatedDecoderAdapter) and adapter.kind == "causal_lm"
+    assert adapter.family == "llama"
     assert adapter.model.config.model_type == mt
     assert adapter.n_layers == 2 and adapter.n_neurons(1) == 48
     mod, side = adapter.neuron_site(1)
