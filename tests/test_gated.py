@@ -157,3 +157,23 @@ def test_importance_is_gradient_at_the_site(tiny):
     want[batch.index.numpy()] = fd
     assert np.abs(want).max() > 1e-6
     np.testing.assert_allclose(att[:, n], want, rtol=1e-2, atol=5e-3 * np.abs(want).max())
+
+
+def test_readout_features_are_after_the_final_norm(tiny):
+    """The readout probe's features: the mean over real tokens of the final hidden
+    states after the model's final norm (not the raw residual stream before it)."""
+    _, adapter = tiny
+    ex = _examples()
+    batch = next(adapter.batches(ex, len(ex))).to(adapter.device)
+    seen = {}
+    norm = adapter.base().norm
+    h = norm.register_forward_hook(lambda _m, a, out: seen.update(pre=a[0], post=out))
+    try:
+        with torch.no_grad():
+            feats = adapter.features(batch)
+    finally:
+        h.remove()
+    w = batch.mask.unsqueeze(-1).float()
+    mean = lambda x: (x.float() * w).sum(1) / w.sum(1)  # noqa: E731
+    torch.testing.assert_close(feats, mean(seen["post"]), rtol=1e-5, atol=1e-6)
+    assert (feats - mean(seen["pre"])).abs().max() > 1e-2
