@@ -194,7 +194,7 @@ def _stages(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Store, sh
     res.top = top_neurons(store, adapter.name, probes.concept, cfg.top_k)
     inf = inference(probes)
     res.n_units = inf.n_units
-    n_scored = adapter_neurons(store, adapter.name, probes.concept)
+    n_scored = scored_neurons(store, adapter.name, probes.concept)
     if not inf.feasible(n_scored):
         res.note = (f"{TOO_FEW} ({inf.n_units} {'groups' if inf.paired else 'cells'} in train: "
                     f"even a perfect neuron reaches only p = {inf.min_p:.1e}, "
@@ -242,7 +242,7 @@ def _label(adapter: Adapter, probes: ProbeSet, store: Store, cfg: RunConfig, run
                      batch_size=cfg.batch_size, bars=bars, relabel=cfg.relabel)
 
 
-def adapter_neurons(store: Store, model: str, concept: str) -> int:
+def scored_neurons(store: Store, model: str, concept: str) -> int:
     """How many neurons the scores partition of this model x concept holds."""
     from neurolens.store import read_table
 
