@@ -14,7 +14,15 @@ import sys
 import traceback
 from dataclasses import dataclass
 
-from neurolens.commands.run import add_common, config
+from neurolens.commands.run import add_common
+from neurolens.commands.run import config as _config
+
+#: a sweep validates what it finds unless told --no-ablate
+ABLATE_DEFAULT = True
+
+
+def config(args: argparse.Namespace, model: str, concept: str | None):
+    return _config(args, model, concept, ablate=ABLATE_DEFAULT)
 
 
 def add_parser(sub) -> None:
@@ -106,7 +114,7 @@ def sweep(args: argparse.Namespace, bars, done: list[Outcome]) -> None:
                     cfg.report = False  # the report set is rendered once, at the end
                     cfg.relabel = False  # and the model's labels once, after its concepts
                     res = run_pipeline(cfg, adapter=adapter, probes=load_concept(c), bars=bars)
-                    stages = {"extract", "score"} | ({"ablate"} if args.ablate else set())
+                    stages = {"extract", "score"} | ({"ablate"} if cfg.ablate else set())
                     n = 0 if res.top is None else res.top.num_rows
                     if stages <= set(res.skipped):
                         done.append(Outcome(adapter.name, c, "skipped", "already in the store"))
