@@ -111,7 +111,7 @@ def _block_stack(adapter: Adapter, layers: Sequence[int]) -> _Stack | None:
                     parent_of.setdefault(id(blk), (ml, blk))
         stack, at = None, {}
         for l in layers:
-            target = adapter.neuron_module(l)
+            target = adapter.neuron_site(l)[0]
             found = next(((ml, blk) for ml, blk in parent_of.values()
                           if blk is target or any(m is target for m in blk.modules())), None)
             if found is None or (stack is not None and found[0] is not stack):

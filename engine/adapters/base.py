@@ -1,7 +1,7 @@
 """The one interface every model family honours (scikit-learn style: small and shared).
 
 An adapter knows four things about its family: where the neurons are
-(`neuron_module`), how many there are (`n_layers`, `n_neurons`), how examples become
+(`neuron_site`: a module and whether the neurons are its output or its input), how many there are (`n_layers`, `n_neurons`), how examples become
 batches (`batches`), and how the model's concept confidence is read
 (`features` for the readout probe, `target_logprobs` for LM heads). Everything
 else — extraction, importance, ablation — is written once against this interface.
@@ -20,6 +20,8 @@ from neurolens.engine.naming import site as site_name
 from neurolens.probes.types import Example
 
 Kind = Literal["causal_lm", "masked_lm", "encoder", "vision"]
+#: which side of the site's module carries the neurons
+Side = Literal["input", "output"]
 
 
 class ModelError(ValueError):
@@ -104,18 +106,31 @@ class Adapter(ABC):
 
     @abstractmethod
     def neuron_module(self, layer: int) -> nn.Module:
-        """The module whose forward output is layer `layer`'s neuron activations:
-        [B, T, N] for text, [B, C, H, W] for vision."""
+        """The module at layer `layer`'s neuron site: its forward output (or its input,
+        where `neuron_site` says "input") is the neuron activations, [B, T, N] for text,
+        [B, C, H, W] for vision."""
+
+    def neuron_site(self, layer: int) -> tuple[nn.Module, Side]:
+        """(module, "output" | "input"): where layer `layer`'s neurons can be read.
+
+        Most families' neurons are a module's output (GPT-2's `mlp.act`). A gated MLP's
+        neuron act(gate(x)) * up(x) is no module's output: it is the input of the
+        down-projection, so those adapters answer (down_proj, "input"). Hooks,
+        extraction, importance, ablation and labels all go through this one answer."""
+        return self.neuron_module(layer), "output"
 
     def neuron_readout(self, layer: int) -> nn.Module | None:
         """The affine module (`nn.Linear` or GPT-2's `Conv1D`) whose input is exactly
-        layer `layer`'s neurons, where nothing but dropout, residual adds and LayerNorm
-        lies between its output and the block's output; None where that does not hold.
+        layer `layer`'s neurons, where nothing but dropout, residual adds, scalings and
+        (RMS/Layer)Norm lies between its output and the block's output; None where that
+        does not hold.
 
         Ablation uses it to run the ablated block once for every replica and subtract
         each replica's low-rank change (a_n - v) W_n, instead of running the block R
-        times. None (the default) only loses that optimisation."""
-        return None
+        times. For an input site the readout is the site's module itself (that is the
+        default); None only loses that optimisation."""
+        mod, side = self.neuron_site(layer)
+        return mod if side == "input" else None
 
     def site(self, layer: int) -> str:
         return site_name(layer, self.modality)

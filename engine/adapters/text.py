@@ -70,12 +70,25 @@ class TextAdapter(Adapter):
         return texts
 
     def _target_ids(self, examples: Sequence[Example]) -> np.ndarray:
-        targets = [e.target for e in examples]
-        have = [i for i, t in enumerate(targets) if t]
+        """[n] the first token the target adds when it continues the text: tokenise text
+        and text + " " + target (one batch call for all) and take the first id where
+        they part. The first id of " " + target alone is wrong wherever a tokenizer
+        marks word starts itself (SentencePiece's "▁": " crown" alone begins with a
+        lone "▁") or merges across the join. -1 where there is no target."""
         ids = np.full(len(examples), -1, dtype=np.int64)
-        if have:
-            enc = self.processor([" " + targets[i].strip() for i in have], add_special_tokens=False)
-            ids[have] = [x[0] if x else -1 for x in enc["input_ids"]]
+        have = np.array([i for i, e in enumerate(examples) if e.target], dtype=np.int64)
+        if have.size == 0:
+            return ids
+        texts = [examples[i].text or "" for i in have]
+        conts = [f"{t} {examples[i].target.strip()}" for t, i in zip(texts, have)]
+        enc = self.processor(texts + conts, add_special_tokens=False)["input_ids"]
+        a, b = _padded(enc[:len(have)], -1), _padded(enc[len(have):], -2)
+        w = max(a.shape[1], b.shape[1]) + 1
+        a = np.pad(a, ((0, 0), (0, w - a.shape[1])), constant_values=-1)
+        b = np.pad(b, ((0, 0), (0, w - b.shape[1])), constant_values=-2)
+        first = np.argmax(a != b, axis=1)          # pads differ (-1 / -2): always found
+        new = b[np.arange(len(have)), first]
+        ids[have] = np.where(new >= 0, new, -1)
         return ids
 
     def batches(self, examples: Sequence[Example], batch_size: int, *,
@@ -134,3 +147,13 @@ class TextAdapter(Adapter):
         logits = self.head_logits(h[rows, batch.target_pos]).float()
         lp = torch.log_softmax(logits, dim=-1)
         return lp[rows, batch.target_ids.clamp_min(0)]
+
+
+def _padded(seqs: Sequence[Sequence[int]], fill: int) -> np.ndarray:
+    """Ragged id lists as one [n, max_len] array, `fill` after each list's end."""
+    lengths = np.fromiter((len(x) for x in seqs), dtype=np.int64, count=len(seqs))
+    out = np.full((len(seqs), max(1, int(lengths.max(initial=0)))), fill, dtype=np.int64)
+    valid = np.arange(out.shape[1])[None, :] < lengths[:, None]
+    if valid.any():
+        out[valid] = np.concatenate([np.asarray(x, dtype=np.int64) for x in seqs if len(x)])
+    return out
