@@ -10,7 +10,7 @@ from neurolens.engine.extract import pooled_activations
 from neurolens.engine.importance import InPass, importance
 
 
-@pytest.fixture(scope="module", params=["gpt2", "bert", "resnet"])
+@pytest.fixture(scope="module", params=["gpt2", "bert", "resnet", "llama"])
 def planted(request, tmp_path_factory):
     from neurolens.engine import registry
     from neurolens.engine.planted import build_planted
