@@ -119,8 +119,10 @@ def sweep(args: argparse.Namespace, bars, done: list[Outcome]) -> None:
                     if stages <= set(res.skipped):
                         done.append(Outcome(adapter.name, c, "skipped", "already in the store"))
                     else:
-                        done.append(Outcome(adapter.name, c, "ran",
-                                            f"{n} significant top neurons"))
+                        detail = f"{n} significant top neurons"
+                        if cfg.ablate:
+                            detail += f", {_validated(args, adapter.name, c)} validated"
+                        done.append(Outcome(adapter.name, c, "ran", detail))
                 except StoreError as e:  # the store itself is unusable (disk full): stop
                     done.append(Outcome(adapter.name, c, "failed", _first_line(e)))
                     raise
@@ -135,6 +137,20 @@ def sweep(args: argparse.Namespace, bars, done: list[Outcome]) -> None:
             if any(o.model == adapter.name and o.status != "failed" for o in done):
                 _relabel(args, adapter.name, done)
             del adapter
+
+
+def _validated(args: argparse.Namespace, model: str, concept: str) -> int:
+    """Top neurons whose single ablation beats its random controls (z >= 3), as the
+    report set counts them."""
+    import math
+
+    from neurolens.config import store_dir
+    from neurolens.store import Store, read_table
+
+    t = read_table(Store(store_dir(args.out)), "ablations", {"model": model, "concept": concept})
+    rows = [r for r in t.select(["mode", "z", "layer", "neuron"]).to_pylist() if r["mode"] == "single"]
+    return len({(r["layer"], r["neuron"]) for r in rows
+                if r["z"] is not None and math.isfinite(r["z"]) and r["z"] >= 3})
 
 
 def _relabel(args: argparse.Namespace, model: str, done: list[Outcome]) -> None:
