@@ -24,7 +24,7 @@ test: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests
 
 sweep: install
-	$(BIN)/neurolens sweep --models $(MODELS) --concepts $(CONCEPTS) --out $(OUT) $(ARGS)
+	$(BIN)/neurolens sweep --models $(MODELS) --concepts $(CONCEPTS) --ablate --out $(OUT) $(ARGS)
 
 report: install
 	$(BIN)/neurolens report --out $(OUT) $(ARGS)

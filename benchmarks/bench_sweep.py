@@ -1,14 +1,16 @@
 """Benchmark: the default sweep end to end, as a user runs it.
 
-Contender: ``neurolens sweep --models minilm --concepts all`` (every built-in text concept on
-the embedded MiniLM: probes, extraction, scoring with importance, report set) into a fresh
-output folder: the cold run. Baseline: the same command again on the same folder: the
+Contender: ``neurolens sweep --models minilm --concepts all --ablate`` (= ``make sweep``: every
+built-in text concept on the embedded MiniLM: probes, extraction with importance, scoring,
+validation by ablation, report set) into a fresh output folder: the cold run.
+``NEUROLENS_BENCH_SWEEP_MODELS=minilm,smollm2`` names the models (both embedded ones, once
+the decoder is in the registry). Baseline: the same command again on the same folder: the
 resumed run, which finds every partition complete and re-renders only the report set.
 Wall time includes process start-up (what a user waits for); peak RSS is the CLI process's.
 
     python benchmarks/bench_sweep.py [--smoke]     # or: python -m benchmarks --only sweep
 
-Smoke size: MiniLM x one concept, layers 0 and 1, no importance pass, no report set.
+Smoke size: MiniLM x one concept, layers 0 and 1, no importance, no ablation, no report set.
 """
 from __future__ import annotations
 
@@ -24,9 +26,10 @@ if __package__ in (None, ""):
 from benchmarks import common
 
 NAME = "sweep"
-FULL = dict(args=["--models", "minilm", "--concepts", "all"], reps=1, timeout=3600)
+FULL = dict(args=["--models", os.environ.get("NEUROLENS_BENCH_SWEEP_MODELS", "minilm"), "--concepts", "all",
+                  "--ablate"], reps=1, timeout=3600)
 SMOKE = dict(args=["--models", "minilm", "--concepts", "royalty", "--layers", "0", "1", "--no-report",
-                  "--no-importance"],
+                  "--no-importance", "--no-ablate"],
              reps=1, timeout=600)
 
 # when the CLI cannot import (a command module missing), the same sweep through the pipeline

@@ -5,15 +5,21 @@ method (`zero`, `mean`, `range`), the pipeline measures on the **test** split:
 
 * ``single``: each top neuron alone, compared with ``n_random`` random single neurons
   of the same layer;
-* ``cumulative``: the top-1..j neurons together for j = 1..k, compared with
-  ``n_random`` random sets of j neurons with the same layer multiset;
+* ``cumulative``: the top-1..j neurons together for j = 1..k (the curve), compared at
+  the control sizes (`control_sizes`: 1, 2, 5, 10 and k itself) with ``n_random``
+  random sets of j neurons with the same layer multiset; the other sizes carry no z;
 * ``random``: the control sets themselves, one row each.
 
 The random sets are nested: draw r is a random ordering whose i-th neuron comes from
 the layer of the i-th top neuron, and its first j neurons are the size-j control. So
-every size j has ``n_random`` exchangeable controls with exactly the top set's layers,
-for the cost of n_random·k ablations, and no top-k neuron is ever in a control. The
-same random sets serve every method, so methods differ only in what is written.
+every control size has ``n_random`` exchangeable controls with exactly the top set's
+layers, and no top-k neuron is ever in a control. The same random sets serve every
+method, so methods differ only in what is written.
+
+What repeats is measured once: cumulative k = 1 is the single top-1, the size-1
+controls of the first top neuron's layer are its single controls, and every distinct
+set goes through `ablate_sets` once per method (which shares each batch's clean prefix
+between all sets). Only ``zero`` runs by default; ``mean`` and ``range`` on request.
 
 ``drop`` = (base − ablated)/base of the mean confidence over concept test examples;
 ``off_target_drop`` the same over non-concept test examples; ``z`` = (drop −
@@ -36,11 +42,14 @@ from neurolens.engine.stages import stage as progress_stage
 from neurolens.probes.types import Example, ProbeSet
 from neurolens.store import SCHEMAS, Store, read_layer, read_table
 
-ABLATE_VERSION = 1
+ABLATE_VERSION = 2
 MODES = ("single", "cumulative", "random")
 N_RANDOM = 20
+CONTROL_SIZES = (1, 2, 5, 10)
+DEFAULT_METHODS = ("zero",)
 
-__all__ = ["ABLATE_VERSION", "METHODS", "MODES", "N_RANDOM", "ablate_sets", "base_confidence",
+__all__ = ["ABLATE_VERSION", "CONTROL_SIZES", "DEFAULT_METHODS", "METHODS", "MODES", "N_RANDOM",
+           "ablate_sets", "control_sizes", "distinct_sets", "parse_methods", "base_confidence",
            "relative_drop", "top_neurons", "neuron_stats", "random_controls", "ablation_rows",
            "run_ablations", "zscore"]
 
@@ -80,6 +89,39 @@ def neuron_stats(store: Store, model: str, probes: ProbeSet, layers: Sequence[in
     return values, ranges
 
 
+def control_sizes(k: int, sizes: Sequence[int] = CONTROL_SIZES) -> list[int]:
+    """The set sizes that get random controls: the fixed sizes up to k, and k itself."""
+    return sorted({s for s in sizes if 1 <= s <= k} | ({k} if k >= 1 else set()))
+
+
+def parse_methods(spec: str | Sequence[str] | None) -> tuple[str, ...]:
+    """'zero,mean' or a sequence -> checked, deduplicated methods in the order given."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec or DEFAULT_METHODS)
+    out: list[str] = []
+    for m in (x.strip() for x in items):
+        if not m:
+            continue
+        if m not in METHODS:
+            raise ValueError(f"unknown ablation method {m!r}; choose from {', '.join(METHODS)}")
+        if m not in out:
+            out.append(m)
+    if not out:
+        raise ValueError("name at least one ablation method")
+    return tuple(out)
+
+
+def distinct_sets(top: Sequence[Neuron], draws: Sequence[Sequence[Neuron]],
+                  singles: dict[int, list[Neuron]], sizes: Sequence[int]) -> list[list[Neuron]]:
+    """Every set the rows need, each once: top singles, top prefixes, the controls'
+    prefixes at the control sizes, and the single controls of every layer."""
+    uniq: dict[tuple, list[Neuron]] = {}
+    for s in ([[x] for x in top] + [list(top[:j]) for j in range(1, len(top) + 1)]
+              + [list(d[:j]) for d in draws for j in sizes]
+              + [[x] for xs in singles.values() for x in xs]):
+        uniq.setdefault(tuple(sorted(s)), s)
+    return list(uniq.values())
+
+
 def random_controls(top: Sequence[Neuron], n_neurons: Callable[[int], int], n_random: int, seed: int
                     ) -> tuple[list[list[Neuron]], dict[int, list[Neuron]]]:
     """(nested draws, {layer: random single neurons}).
@@ -96,13 +138,20 @@ def random_controls(top: Sequence[Neuron], n_neurons: Callable[[int], int], n_ra
     for l, p in pools.items():
         if len(p) < need[l]:
             raise ValueError(f"layer {l} has too few neurons outside the top set for random controls")
+    # the draws' first neurons are distinct: they are also the single controls of that layer
+    l0 = top[0][0] if top else None
+    firsts = rng.choice(pools[l0], size=min(n_random, len(pools[l0])), replace=False) if top else []
     draws = []
-    for _ in range(n_random):
-        perm = {l: iter(rng.permutation(p)) for l, p in pools.items()}
-        draws.append([(l, int(next(perm[l]))) for l, _ in top])
+    for r in range(n_random):
+        perm = {l: rng.permutation(p) for l, p in pools.items()}
+        if top and r < len(firsts):
+            rest = perm[l0][perm[l0] != firsts[r]]
+            perm[l0] = np.concatenate([[firsts[r]], rest])
+        it = {l: iter(p) for l, p in perm.items()}
+        draws.append([(l, int(next(it[l]))) for l, _ in top])
     singles: dict[int, list[Neuron]] = {}
     if top:
-        singles[top[0][0]] = [d[0] for d in draws]
+        singles[l0] = list(dict.fromkeys(d[0] for d in draws))
     for l in sorted(pools):
         if l not in singles:
             pick = rng.choice(pools[l], size=min(n_random, len(pools[l])), replace=False)
@@ -126,9 +175,11 @@ def zscore(drop: float, null: np.ndarray) -> tuple[float, float, float]:
 
 def ablation_rows(method: str, metric: str, top: Sequence[Neuron], draws: Sequence[Sequence[Neuron]],
                   singles: dict[int, list[Neuron]], drops: dict[tuple, tuple[float, float, float, float]],
-                  n_examples: int) -> list[dict]:
+                  n_examples: int, sizes: Sequence[int] | None = None) -> list[dict]:
     """Rows of the ablations table for one method. `drops[set key]` =
-    (base_conf, ablated_conf, drop, off_target_drop) measured for that set."""
+    (base_conf, ablated_conf, drop, off_target_drop) measured for that set; random
+    controls (and z) at `sizes` (default: every size)."""
+    sizes = set(range(1, len(top) + 1) if sizes is None else sizes)
     key = lambda s: tuple(sorted(s))  # noqa: E731
     rows = []
 
@@ -146,8 +197,11 @@ def ablation_rows(method: str, metric: str, top: Sequence[Neuron], draws: Sequen
     for l, n in top:
         row("single", [(l, n)], 1, l, n, single_null[l])
     for j in range(1, len(top) + 1):
-        null = np.array([drops[key(d[:j])][2] for d in draws])
         l, n = top[j - 1]
+        if j not in sizes:
+            row("cumulative", list(top[:j]), j, l, n)
+            continue
+        null = np.array([drops[key(d[:j])][2] for d in draws])
         row("cumulative", list(top[:j]), j, l, n, null)
         for r, d in enumerate(draws):
             others = np.delete(null, r)
@@ -164,14 +218,12 @@ def ablation_rows(method: str, metric: str, top: Sequence[Neuron], draws: Sequen
 
 def run_ablations(adapter: Adapter, probes: ProbeSet, store: Store, *, top_k: int = 10, seed: int = 0,
                   batch_size: int = 32, key: str, run_id: str, confidence=None, bars=None,
-                  methods: Sequence[str] = METHODS, n_random: int = N_RANDOM,
-                  replicas: int | None = None) -> pa.Table:
-    """Ablate the top-k neurons (every method × mode) and publish the `ablations` partition."""
+                  methods: Sequence[str] = DEFAULT_METHODS, n_random: int = N_RANDOM,
+                  sizes: Sequence[int] = CONTROL_SIZES, replicas: int | None = None) -> pa.Table:
+    """Ablate the top-k neurons (each method × mode) and publish the `ablations` partition."""
     from neurolens.engine.confidence import Confidence
 
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        raise ValueError(f"unknown ablation method {bad[0]!r}; choose from {', '.join(METHODS)}")
+    methods = parse_methods(methods)
     if n_random < 2:
         raise ValueError("n_random must be at least 2 to estimate a spread")
     parts = {"model": adapter.name, "concept": probes.concept}
@@ -185,13 +237,8 @@ def run_ablations(adapter: Adapter, probes: ProbeSet, store: Store, *, top_k: in
     test = ablation_examples(probes)
     pos = np.array([e.label == 1 for e in test])
     draws, singles = random_controls(top, adapter.n_neurons, n_random, seed)
-    # every distinct set once: top singles, top prefixes, control prefixes, control singles
-    uniq: dict[tuple, list[Neuron]] = {}
-    for s in ([[x] for x in top] + [top[:j] for j in range(1, len(top) + 1)]
-              + [d[:j] for d in draws for j in range(1, len(top) + 1)]
-              + [[x] for xs in singles.values() for x in xs]):
-        uniq.setdefault(tuple(sorted(s)), list(s))
-    sets = list(uniq.values())
+    csizes = control_sizes(len(top), sizes)
+    sets = distinct_sets(top, draws, singles, csizes)
     layers = sorted({l for l, _ in top})
     values = ranges = None
     if any(m in ("mean", "range") for m in methods):
@@ -212,7 +259,8 @@ def run_ablations(adapter: Adapter, probes: ProbeSet, store: Store, *, top_k: in
             for i, s in enumerate(sets):
                 drops[tuple(sorted(s))] = (float(base[pos].mean()), float(abl[i, pos].mean()),
                                            float(on[i]), float(off[i]))
-            rows += ablation_rows(method, conf.metric, top, draws, singles, drops, int(pos.sum()))
+            rows += ablation_rows(method, conf.metric, top, draws, singles, drops, int(pos.sum()),
+                                  csizes)
     for r in rows:
         r["run_id"] = run_id
     table = pa.Table.from_pylist(rows, schema=schema)

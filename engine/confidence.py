@@ -17,12 +17,15 @@ from neurolens.probes.types import Example
 
 class Confidence:
     def __init__(self, adapter: Adapter, examples: Sequence[Example], *, batch_size: int = 32,
-                 force_readout: bool = False):
+                 force_readout: bool = False, fit: bool = True):
+        """With ``fit=False`` a readout probe is left unfitted: the caller has the train
+        features from a pass of its own and gives them to `fit_features`."""
         self.adapter = adapter
         self.mode = "target" if (not force_readout and adapter.has_lm_head
                                  and examples and all(e.target for e in examples)) else "readout"
         self.with_targets = self.mode == "target"
-        if self.mode == "readout":
+        self.fitted = self.mode == "target"
+        if self.mode == "readout" and fit:
             self._fit([e for e in examples if e.split == "train"] or list(examples), batch_size)
 
     @property
@@ -31,19 +34,29 @@ class Confidence:
 
     @torch.no_grad()
     def _fit(self, train: Sequence[Example], batch_size: int) -> None:
-        from sklearn.linear_model import LogisticRegression
-
         feats, labels = [], []
         for b in self.adapter.batches(train, batch_size):
             feats.append(self.adapter.features(b.to(self.adapter.device)).cpu().double().numpy())
             labels.append(b.labels.numpy())
-        X, y = np.concatenate(feats), np.concatenate(labels)
+        self.fit_features(np.concatenate(feats), np.concatenate(labels))
+
+    def fit_features(self, X: np.ndarray, y: np.ndarray) -> None:
+        """Fit the readout probe on train features X [n, D] (float64) and labels y [n]."""
+        from sklearn.linear_model import LogisticRegression
+
         mu, sd = X.mean(0), X.std(0) + 1e-6
         clf = LogisticRegression(C=1.0, max_iter=2000).fit((X - mu) / sd, y)
         w = clf.coef_[0] / sd
         dev = self.adapter.device
         self.w = torch.tensor(w, dtype=torch.float32, device=dev)
         self.b = torch.tensor(float(clf.intercept_[0] - (mu * w).sum()), dtype=torch.float32, device=dev)
+        self.fitted = True
+
+    def readout(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """[B] M from already computed features (differentiable through them)."""
+        logit = features @ self.w + self.b
+        sign = labels.to(logit.dtype) * 2 - 1
+        return torch.nn.functional.logsigmoid(sign * logit).exp()
 
     def logprob(self, batch: Batch) -> torch.Tensor:
         """[B] log M, differentiable with respect to the model's activations."""

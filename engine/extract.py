@@ -20,11 +20,12 @@ import torch
 
 from neurolens.engine.adapters.base import Adapter
 from neurolens.engine.hooks import on_sites
+from neurolens.engine.importance import InPass, batch_attributions
 from neurolens.engine.pooling import pool
 from neurolens.probes.types import Example, ProbeSet
 from neurolens.store import Store, activations_schema, write_parquet
 
-EXTRACT_VERSION = "1"
+EXTRACT_VERSION = "1"   # unchanged by the in-pass importance: the same pooled values
 
 
 @dataclass
@@ -115,44 +116,100 @@ class ExtractStats:
     seconds: float
 
 
-@torch.inference_mode()
 def pooled_activations(adapter: Adapter, examples: Sequence[Example], layers: Sequence[int], *,
                        pooling: str = "mean", batch_size: int = 32, shard: Shard | None = None,
-                       progress: Callable[[int], None] | None = None
+                       progress: Callable[[int], None] | None = None, in_pass: InPass | None = None
                        ) -> tuple[np.ndarray, dict[int, torch.Tensor], int]:
     """Pooled activations of `examples` at `layers`: (row indices, {layer: [n, N] fp16}, tokens).
-    With a shard, only that process's batches; rows say which examples they are."""
+    With a shard, only that process's batches; rows say which examples they are. With
+    `in_pass` (one process only), the concept train rows also give their importance
+    (`InPass.result`) from the same forward, and a readout probe is fitted on the way."""
     shard = shard or Shard()
     layers = sorted(layers)
-    batches = list(adapter.batches(examples, batch_size))[shard.rank::shard.world]
-    n_rows = sum(b.size for b in batches)
+    n = len(examples)
     dev = adapter.device
+    conf = in_pass.conf if in_pass is not None else None
+    readout = conf is not None and not conf.fitted
+    grad = in_pass.grad if in_pass is not None else np.zeros(n, dtype=bool)
+    feat = (in_pass.train & ~grad) if readout else np.zeros(n, dtype=bool)
+    if readout and grad.any():
+        toks = sum(b.n_tokens for b in adapter.batches([examples[i] for i in np.flatnonzero(grad)],
+                                                       batch_size))
+        if in_pass.graph_bytes(adapter, toks, layers) > in_pass.budget:
+            feat, grad = in_pass.train.copy(), np.zeros(n, dtype=bool)   # features only
+    # plain rows stop after the last site; feature rows run to the features; grad rows backward
+    groups = [(k, np.flatnonzero(m)) for k, m in (("plain", ~grad & ~feat), ("feat", feat),
+                                                   ("grad", grad))]
+    batches = [(k, sub, b) for k, sub in groups if len(sub)
+               for b in adapter.batches([examples[i] for i in sub], batch_size,
+                                        with_targets=k == "grad" and conf.with_targets)]
+    batches = batches[shard.rank::shard.world]
+    n_rows = sum(b.size for _, _, b in batches)
     bufs = {l: torch.empty(n_rows, adapter.n_neurons(l), dtype=torch.float16, device=dev) for l in layers}
     rows = np.empty(n_rows, dtype=np.int64)
+    attr = {l: np.zeros((n, adapter.n_neurons(l)), dtype=np.float32) for l in layers} if grad.any() else {}
     state: dict = {}
 
-    def grab(layer: int, out: torch.Tensor) -> None:
+    def grab(layer: int, out: torch.Tensor) -> torch.Tensor | None:
         b, s = state["batch"], state["start"]
-        bufs[layer][s:s + b.size] = pool(out, pooling, b.mask, b.concept_mask).to(torch.float16)
+        a = out.detach()
+        bufs[layer][s:s + b.size] = pool(a, pooling, b.mask, b.concept_mask).to(torch.float16)
+        if not state["grad"]:
+            return None
+        z = torch.zeros_like(out, requires_grad=True)
+        state["z"][layer], state["a"][layer] = z, a
+        return out + z
 
+    feats, labels, kept = [], [], []
     tokens, start = 0, 0
-    with on_sites(adapter, layers, grab, stop_after=layers[-1]):
-        for b in batches:
-            b = b.to(dev)
-            state.update(batch=b, start=start)
-            adapter.forward(b)
-            rows[start:start + b.size] = b.index.numpy()
-            start += b.size
-            tokens += b.n_tokens
-            if progress:
-                progress(b.size)
+    for kind, sub, b in batches:
+        b = b.to(dev)
+        gidx = sub[b.index.numpy()]
+        state.update(batch=b, start=start, grad=kind == "grad", z={}, a={})
+        if kind == "grad":
+            with torch.enable_grad(), on_sites(adapter, layers, grab):
+                if readout:
+                    f = adapter.features(b)
+                    feats.append(f.detach().double().cpu().numpy())
+                    labels.append(b.labels.numpy())
+                    kept.append((b, gidx, state["z"], state["a"], f))
+                else:
+                    a_ = batch_attributions(b, state["z"], state["a"], conf(b), layers)
+                    for l in layers:
+                        attr[l][gidx] = a_[l]
+        else:
+            with torch.inference_mode(), on_sites(adapter, layers, grab,
+                                                  stop_after=None if kind == "feat" else layers[-1]):
+                if kind == "feat":
+                    feats.append(adapter.features(b).double().cpu().numpy())
+                    labels.append(b.labels.numpy())
+                else:
+                    adapter.forward(b)
+        rows[start:start + b.size] = gidx
+        start += b.size
+        tokens += b.n_tokens
+        if progress:
+            progress(b.size)
+    if readout and feats:
+        conf.fit_features(np.concatenate(feats), np.concatenate(labels))
+    while kept:                              # the concept rows' backward, the probe now fitted
+        b, gidx, zs, acts, f = kept.pop(0)
+        with torch.enable_grad():
+            a_ = batch_attributions(b, zs, acts, conf.readout(f, b.labels), layers)
+        for l in layers:
+            attr[l][gidx] = a_[l]
+        del zs, acts, f
+    if in_pass is not None and attr:
+        in_pass.result = {l: np.abs(v[grad]).astype(np.float64).mean(0) for l, v in attr.items()}
     return rows, bufs, tokens
 
 
 def extract(adapter: Adapter, probes: ProbeSet, store: Store, *, layers: Sequence[int], run_id: str,
             pooling: str = "mean", dtype: str = "float32", batch_size: int = 32,
-            shard: Shard | None = None, progress: Callable[[int], None] | None = None) -> ExtractStats:
-    """Extract the layers whose partitions are missing, and publish them atomically."""
+            shard: Shard | None = None, progress: Callable[[int], None] | None = None,
+            in_pass: InPass | None = None) -> ExtractStats:
+    """Extract the layers whose partitions are missing, and publish them atomically.
+    `in_pass` is used only when every layer is extracted here, by one process."""
     shard = shard or Shard()
     t0 = time.perf_counter()
     msha = model_sha(adapter)
@@ -164,8 +221,11 @@ def extract(adapter: Adapter, probes: ProbeSet, store: Store, *, layers: Sequenc
                               key=probes.sha, run_id=run_id)
     if not todo:
         return ExtractStats([], len(probes.examples), 0, 0.0)
+    if in_pass is not None and (list(todo) != sorted(layers) or shard.world > 1):
+        in_pass = None
     rows, bufs, tokens = pooled_activations(adapter, probes.examples, todo, pooling=pooling,
-                                            batch_size=batch_size, shard=shard, progress=progress)
+                                            batch_size=batch_size, shard=shard, progress=progress,
+                                            in_pass=in_pass)
     ids = np.array([probes.examples[i].example_id for i in rows], dtype=np.int64)
     order = np.argsort(ids, kind="stable")
     # every process writes its own files into one staging folder per layer; rank 0 publishes

@@ -38,19 +38,10 @@ def attributions(adapter: Adapter, conf: Confidence, examples: Sequence[Example]
             b = b.to(adapter.device)
             state.update(z={}, a={})
             m = conf(b)
-            grads = torch.autograd.grad(m.sum(), [state["z"][l] for l in layers], allow_unused=True)
+            attr = batch_attributions(b, state["z"], state["a"], m, layers)
             idx = b.index.numpy()
-            for l, g in zip(layers, grads):
-                a = state["a"][l].float()
-                if g is None:
-                    continue
-                prod = a * g.float()
-                if prod.dim() == 4:      # vision: channels over space
-                    attr = prod.flatten(2).sum(2)
-                else:
-                    mask = b.mask.unsqueeze(-1).to(prod.dtype) if b.mask is not None else 1.0
-                    attr = (prod * mask).sum(1)
-                out[l][idx] = attr.detach().cpu().numpy()
+            for l in layers:
+                out[l][idx] = attr[l]
             if progress:
                 progress(b.size)
     return out
@@ -61,3 +52,56 @@ def importance(adapter: Adapter, conf: Confidence, examples: Sequence[Example], 
     """{layer: [N]} mean over the given (concept, train) examples of |a·∂M/∂a|."""
     attr = attributions(adapter, conf, examples, layers, **kw)
     return {l: np.abs(v).astype(np.float64).mean(0) for l, v in attr.items()}
+
+
+#: bytes of autograd graph a readout-probe model may keep while its probe is fitted
+GRAPH_BUDGET = 1 << 30
+
+
+class InPass:
+    """Importance taken in the extraction pass: the concept train rows run once, with
+    autograd, and give both their pooled activations and one backward each.
+
+    A target confidence (LM head) needs nothing before the backward. A readout probe is
+    fitted on the features of every train row, so the other train rows run first (their
+    features from the same forward that pools them), the concept rows keep their graphs
+    until the probe is fitted, then each takes its backward. When those graphs would pass
+    `budget` bytes, the concept rows only give features in the pass, and the caller
+    takes the importance the separate way (`importance`) with the probe already fitted."""
+
+    def __init__(self, conf: Confidence, examples: Sequence[Example], *, budget: int = GRAPH_BUDGET):
+        self.conf = conf
+        self.grad = np.array([e.label == 1 and e.split == "train" for e in examples], dtype=bool)
+        self.train = np.array([e.split == "train" for e in examples], dtype=bool)
+        self.budget = budget
+        self.result: dict[int, np.ndarray] | None = None
+
+    @staticmethod
+    def fusable(adapter: Adapter, conf: Confidence) -> bool:
+        """A masked LM's target input carries an extra [MASK]: not the extracted input."""
+        return not (conf.mode == "target" and adapter.kind == "masked_lm")
+
+    def graph_bytes(self, adapter: Adapter, tokens: int, layers: Sequence[int]) -> int:
+        """A rough bound on the autograd graph the concept rows keep (readout only)."""
+        width = max(adapter.n_neurons(l) for l in layers)
+        return int(tokens) * adapter.n_layers * 24 * width
+
+
+def batch_attributions(b, zs: dict[int, torch.Tensor], acts: dict[int, torch.Tensor], m: torch.Tensor,
+                       layers: Sequence[int]) -> dict[int, np.ndarray]:
+    """{layer: [B, N]} a·∂M/∂a summed over positions (space), from one backward of m."""
+    grads = torch.autograd.grad(m.sum(), [zs[l] for l in layers], allow_unused=True)
+    out = {}
+    for l, g in zip(layers, grads):
+        a = acts[l].float()
+        if g is None:
+            out[l] = np.zeros((a.shape[0], a.shape[-1] if a.dim() == 3 else a.shape[1]), np.float32)
+            continue
+        prod = a * g.float()
+        if prod.dim() == 4:      # vision: channels over space
+            attr = prod.flatten(2).sum(2)
+        else:
+            mask = b.mask.unsqueeze(-1).to(prod.dtype) if b.mask is not None else 1.0
+            attr = (prod * mask).sum(1)
+        out[l] = attr.detach().cpu().numpy()
+    return out

@@ -41,6 +41,7 @@ class RunConfig:
     batch_size: int = 32
     seed: int = 0
     ablate: bool = False
+    ablate_methods: str | tuple[str, ...] = ("zero",)   # a tuple or "zero,mean,range"
     top_k: int = 10
     importance: bool = True
     report: bool = True
@@ -90,6 +91,12 @@ def check_config(cfg: RunConfig) -> None:
         raise ModelError(f"--batch-size must be at least 1, got {cfg.batch_size}")
     if cfg.top_k < 1:
         raise ModelError(f"--top-k must be at least 1, got {cfg.top_k}")
+    from neurolens.engine.ablate import parse_methods
+
+    try:
+        cfg.ablate_methods = parse_methods(cfg.ablate_methods)
+    except ValueError as e:
+        raise ModelError(f"--ablate-methods: {e}") from None
 
 
 _REAPED: set[str] = set()   # stores whose dead `running` rows this process has marked
@@ -148,10 +155,16 @@ def _stages(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Store, sh
             layers: list[int], msha: str, res: RunResult, base: dict) -> RunResult:
     run_id = res.run_id
     t0 = time.perf_counter()
+    parts = {"model": adapter.name, "concept": probes.concept}
+    akeys = [layer_key(msha, probes.sha, l, cfg.pooling, cfg.dtype) for l in layers]
+    skey = f"s{SCORE_VERSION}:{int(cfg.importance)}:" + _digest(akeys)
+    in_pass = _in_pass(adapter, probes, cfg, shard) if (
+        cfg.importance and not store.is_complete("scores", parts, skey)) else None
     # extract stages under _staging/run-<id>, owned by the run's lock
     with bars.stage(f"extract {adapter.name}/{probes.concept}", len(probes.examples)) as tick:
         stats = extract(adapter, probes, store, layers=layers, run_id=run_id, pooling=cfg.pooling,
-                        dtype=cfg.dtype, batch_size=cfg.batch_size, shard=shard, progress=tick)
+                        dtype=cfg.dtype, batch_size=cfg.batch_size, shard=shard, progress=tick,
+                        in_pass=in_pass)
     res.seconds["extract"] = time.perf_counter() - t0
     if not stats.layers:
         res.skipped.append("extract")
@@ -159,9 +172,6 @@ def _stages(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Store, sh
         return res
 
     # scores: keyed by everything they depend on
-    parts = {"model": adapter.name, "concept": probes.concept}
-    akeys = [layer_key(msha, probes.sha, l, cfg.pooling, cfg.dtype) for l in layers]
-    skey = f"s{SCORE_VERSION}:{int(cfg.importance)}:" + _digest(akeys)
     t0 = time.perf_counter()
     conf = None
     if store.is_complete("scores", parts, skey):
@@ -172,7 +182,7 @@ def _stages(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Store, sh
                                progress=tick)
         imp = None
         if cfg.importance:
-            conf, imp = _importance(adapter, probes, layers, cfg, bars)
+            conf, imp = _importance(adapter, probes, layers, cfg, bars, in_pass)
         write_scores(store, adapter.name, probes.concept, acc, imp, adapter.n_layers, key=skey,
                      run_id=run_id)
     res.seconds["score"] = time.perf_counter() - t0
@@ -181,13 +191,14 @@ def _stages(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Store, sh
     if cfg.ablate:
         from neurolens.engine import ablate
 
-        akey = f"a{ablate.ABLATE_VERSION}:{cfg.top_k}:{cfg.seed}:" + skey
+        akey = (f"a{ablate.ABLATE_VERSION}:{cfg.top_k}:{cfg.seed}:{','.join(cfg.ablate_methods)}:"
+                + skey)
         if store.is_complete("ablations", parts, akey):
             res.skipped.append("ablate")
         else:
             ablate.run_ablations(adapter, probes, store, top_k=cfg.top_k, seed=cfg.seed,
                                  batch_size=cfg.batch_size, key=akey, run_id=run_id,
-                                 confidence=conf, bars=bars)
+                                 confidence=conf, bars=bars, methods=cfg.ablate_methods)
     res.seconds["ablate"] = time.perf_counter() - t0
 
     _label(adapter, probes, store, cfg, run_id, skey, bars)
@@ -222,11 +233,30 @@ def _digest(parts: list[str]) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def _importance(adapter: Adapter, probes: ProbeSet, layers: list[int], cfg: RunConfig, bars: Bars):
+def _in_pass(adapter: Adapter, probes: ProbeSet, cfg: RunConfig, shard: Shard):
+    """The importance to take inside the extraction pass, when that pass can give it."""
+    from neurolens.engine.confidence import Confidence
+    from neurolens.engine.importance import InPass
+
+    if shard.world > 1:
+        return None
+    conf = Confidence(adapter, probes.examples, batch_size=cfg.batch_size, fit=False)
+    return InPass(conf, probes.examples) if InPass.fusable(adapter, conf) else None
+
+
+def _importance(adapter: Adapter, probes: ProbeSet, layers: list[int], cfg: RunConfig, bars: Bars,
+                in_pass=None):
+    """Importance from the extraction pass when it gave it; else one forward and one
+    backward over the concept train examples (with the probe fitted, if not yet)."""
     from neurolens.engine.confidence import Confidence
     from neurolens.engine.importance import importance
 
-    conf = Confidence(adapter, probes.examples, batch_size=cfg.batch_size)
+    if in_pass is not None and in_pass.result is not None:
+        return in_pass.conf, in_pass.result
+    if in_pass is not None and in_pass.conf.fitted:
+        conf = in_pass.conf          # fitted on the extraction pass's features
+    else:
+        conf = Confidence(adapter, probes.examples, batch_size=cfg.batch_size)
     pos = [e for e in probes.examples if e.label == 1 and e.split == "train"]
     with bars.stage("importance", len(pos)) as tick:
         imp = importance(adapter, conf, pos, layers, batch_size=max(1, cfg.batch_size // 2),

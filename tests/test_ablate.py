@@ -43,7 +43,8 @@ def planted_run(planted, tmp_path_factory):
     out = tmp_path_factory.mktemp("planted_out")
     k = len(pm.planted)
     res = run(RunConfig(model=str(pm.path), ablate=True, top_k=k, report=False, out=str(out),
-                        batch_size=32), adapter=adapter, probes=pm.probes)
+                        batch_size=32, ablate_methods="zero,mean,range"), adapter=adapter,
+              probes=pm.probes)
     store = Store(out / "store")
     return pm, res, read_table(store, "ablations", {"model": adapter.name, "concept": pm.concept})
 
@@ -153,8 +154,15 @@ def test_pipeline_ablation_rows_on_planted_model(planted_run):
         mine = [r for r in rows if r["method"] == m]
         assert {r["mode"] for r in mine} == {"single", "cumulative", "random"}
         assert sorted(r["k"] for r in mine if r["mode"] == "cumulative") == list(range(1, k + 1))
+        sizes = ablate.control_sizes(k)
+        assert k in sizes and 1 in sizes
         for j in range(1, k + 1):
-            assert sum(r["mode"] == "random" and r["k"] == j for r in mine) >= 20
+            n_random = sum(r["mode"] == "random" and r["k"] == j for r in mine)
+            cum = next(r for r in mine if r["mode"] == "cumulative" and r["k"] == j)
+            if j in sizes:      # every z is against at least 20 random sets of the same layers
+                assert n_random >= 20 and cum["z"] is not None
+            else:               # no controls where none were asked for, and no z
+                assert n_random == 0 and cum["z"] is None
         assert all(r["metric"] == "target_prob" for r in mine)
     found = {(r["layer"], r["neuron"]) for r in rows if r["mode"] == "single"}
     assert found == set(pm.planted)
@@ -222,8 +230,27 @@ def test_minilm_top10_zero_ablation_beats_random_sets(minilm):
 
 
 def test_version_is_exported():
-    assert isinstance(ablate.ABLATE_VERSION, int)
+    assert isinstance(ablate.ABLATE_VERSION, int) and ablate.ABLATE_VERSION >= 2
     assert ablate.MODES == ("single", "cumulative", "random")
+
+
+def test_control_sizes_methods_and_distinct_sets():
+    assert ablate.control_sizes(10) == [1, 2, 5, 10]
+    assert ablate.control_sizes(7) == [1, 2, 5, 7]
+    assert ablate.control_sizes(3) == [1, 2, 3]
+    assert ablate.control_sizes(1) == [1]
+    assert ablate.parse_methods(None) == ("zero",)
+    assert ablate.parse_methods("range, zero,range") == ("range", "zero")
+    with pytest.raises(ValueError, match="unknown ablation method 'median'"):
+        ablate.parse_methods("zero,median")
+    top = [(0, 1), (1, 2), (1, 3), (2, 4), (0, 5), (2, 6)]
+    draws, singles = random_controls(top, lambda l: 40, 20, seed=1)
+    sets = ablate.distinct_sets(top, draws, singles, ablate.control_sizes(len(top)))
+    keys = [tuple(sorted(s)) for s in sets]
+    assert len(keys) == len(set(keys))
+    # 6 top singles, 5 more prefixes (k = 1 is the top-1 single), 20 controls at sizes 2, 5
+    # and 6, 20 singles per layer (layer 0's are the draws' first neurons): each once
+    assert len(sets) == 6 + 5 + 20 * 3 + 20 * 3
 
 
 def test_clean_prefix_puts_back_an_instance_forward(planted):

@@ -65,8 +65,8 @@ def two_models(tmp_path_factory):
 def test_sweep_two_models_two_concepts_past_a_failure(two_models, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["sweep", "--models", ",".join([*two_models, "gpt2"]), "--concepts",
-            "royalty,negation,stripes", "--layers", "0", "1", "--no-importance", "--quiet",
-            "--out", str(out)]
+            "royalty,negation,stripes", "--layers", "0", "1", "--no-importance", "--no-ablate",
+            "--quiet", "--out", str(out)]
     assert main(argv) == 1  # gpt2 has no weights offline: reported, and the sweep went on
     text = capsys.readouterr().out
     assert "4 ran, 2 skipped, 1 failed" in text, text
@@ -80,7 +80,7 @@ def test_sweep_two_models_two_concepts_past_a_failure(two_models, tmp_path, caps
     assert got == [(m, c, 2 * 1536) for m in ("minilm", "minilm-twin") for c in ("negation", "royalty")]
     # run again: everything already done is skipped
     assert main(["sweep", "--models", "minilm", "--concepts", "royalty", "--layers", "0", "1",
-                 "--no-importance", "--no-report", "--quiet", "--out", str(out)]) == 0
+                 "--no-importance", "--no-ablate", "--no-report", "--quiet", "--out", str(out)]) == 0
     assert "0 ran, 1 skipped, 0 failed" in capsys.readouterr().out
 
 
@@ -93,6 +93,26 @@ def test_progress_is_quiet_when_not_a_terminal(monkeypatch):
         tick(3)
         bars.log("hello")
     assert buf.getvalue() == ""
+
+
+def test_sweep_validates_by_default_and_run_does_not():
+    import argparse
+
+    from neurolens.commands import run as run_cmd
+    from neurolens.commands import sweep as sweep_cmd
+
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd")
+    run_cmd.add_parser(sub)
+    sweep_cmd.add_parser(sub)
+    cfg = lambda argv, mod: mod.config(ap.parse_args(argv), "minilm", "negation")  # noqa: E731
+    assert cfg(["sweep"], sweep_cmd).ablate is True
+    assert cfg(["sweep", "--no-ablate"], sweep_cmd).ablate is False
+    assert cfg(["run", "--model", "m"], run_cmd).ablate is False
+    assert cfg(["run", "--model", "m", "--ablate"], run_cmd).ablate is True
+    assert cfg(["run", "--model", "m"], run_cmd).ablate_methods == "zero"
+    with pytest.raises(SystemExit):
+        ap.parse_args(["sweep", "--ablate", "--no-ablate"])
 
 
 def test_sweep_splits_all_and_lists():

@@ -145,6 +145,8 @@ CATALOGUE = [
     ("sweep-unknown-model", "sweep --models nosuchmodel --concepts royalty --out {O}", "unknown model"),
     ("sweep-no-models", "sweep --models , --concepts royalty --out {O}", "no model"),
     ("sweep-top-k-0", "sweep --models minilm --concepts royalty --top-k 0 --out {O}", "--top-k"),
+    ("sweep-bad-ablate-method", "sweep --models minilm --concepts royalty --ablate-methods zero,median "
+     "--out {O}", "--ablate-methods"),
 ]
 
 

@@ -8,7 +8,13 @@ from neurolens.engine.pooling import POOLINGS
 
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=int, nargs="+", metavar="L", help="layers to probe (default: all)")
-    p.add_argument("--ablate", action="store_true", help="confirm the top neurons by causal ablation")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--ablate", dest="ablate", action="store_true", default=None,
+                   help="confirm the top neurons by causal ablation (default for sweep)")
+    g.add_argument("--no-ablate", dest="ablate", action="store_false",
+                   help="skip the causal ablation (default for run)")
+    p.add_argument("--ablate-methods", default="zero", metavar="M[,M]",
+                   help="ablation methods, comma-separated: zero, mean, range (default zero)")
     p.add_argument("--top-k", type=int, default=10, metavar="K")
     p.add_argument("--pooling", choices=POOLINGS, default="mean")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
@@ -35,13 +41,16 @@ def add_parser(sub) -> None:
     add_common(p)
 
 
-def config(args: argparse.Namespace, model: str, concept: str | None):
+def config(args: argparse.Namespace, model: str, concept: str | None, *, ablate: bool = False):
+    """The run's configuration; `ablate` is the command's default when neither
+    --ablate nor --no-ablate is given."""
     from neurolens.pipeline import RunConfig
 
     return RunConfig(model=model, concept=concept, probes=getattr(args, "probes", None),
                      layers=args.layers, pooling=args.pooling, dtype=args.dtype, device=args.device,
                      device_map=args.device_map, max_memory=args.max_memory,
-                     batch_size=args.batch_size, seed=args.seed, ablate=args.ablate, top_k=args.top_k,
+                     batch_size=args.batch_size, seed=args.seed, ablate=ablate if args.ablate is None else args.ablate,
+                     ablate_methods=args.ablate_methods, top_k=args.top_k,
                      importance=not args.no_importance, report=not args.no_report, out=args.out)
 
 

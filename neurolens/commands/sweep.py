@@ -14,7 +14,15 @@ import sys
 import traceback
 from dataclasses import dataclass
 
-from neurolens.commands.run import add_common, config
+from neurolens.commands.run import add_common
+from neurolens.commands.run import config as _config
+
+#: a sweep validates what it finds unless told --no-ablate
+ABLATE_DEFAULT = True
+
+
+def config(args: argparse.Namespace, model: str, concept: str | None):
+    return _config(args, model, concept, ablate=ABLATE_DEFAULT)
 
 
 def add_parser(sub) -> None:
@@ -108,7 +116,7 @@ def sweep(args: argparse.Namespace, bars, done: list[Outcome]) -> None:
                     cfg.report = False  # the report set is rendered once, at the end
                     cfg.relabel = False  # and the model's labels once, after its concepts
                     res = run_pipeline(cfg, adapter=adapter, probes=load_concept(c), bars=bars)
-                    stages = {"extract", "score"} | ({"ablate"} if args.ablate else set())
+                    stages = {"extract", "score"} | ({"ablate"} if cfg.ablate else set())
                     n = 0 if res.top is None else res.top.num_rows
                     n_rep = 0 if res.top is None else sum(bool(r) for r in res.top.column("replicated").to_pylist())
                     if stages <= set(res.skipped):
@@ -117,8 +125,10 @@ def sweep(args: argparse.Namespace, bars, done: list[Outcome]) -> None:
                         done.append(Outcome(adapter.name, c, "ran", "too few groups for any finding: "
                                             "add phrasings or words"))
                     else:
-                        done.append(Outcome(adapter.name, c, "ran",
-                                            f"{n} significant top neurons, {n_rep} replicated"))
+                        detail = f"{n} significant top neurons, {n_rep} replicated"
+                        if cfg.ablate:
+                            detail += f", {_validated(args, adapter.name, c)} validated"
+                        done.append(Outcome(adapter.name, c, "ran", detail))
                 except StoreError as e:  # the store itself is unusable (disk full): stop
                     done.append(Outcome(adapter.name, c, "failed", _first_line(e)))
                     raise
@@ -133,6 +143,20 @@ def sweep(args: argparse.Namespace, bars, done: list[Outcome]) -> None:
             if any(o.model == adapter.name and o.status != "failed" for o in done):
                 _relabel(args, adapter.name, done)
             del adapter
+
+
+def _validated(args: argparse.Namespace, model: str, concept: str) -> int:
+    """Top neurons whose single ablation beats its random controls (z >= 3), as the
+    report set counts them."""
+    import math
+
+    from neurolens.config import store_dir
+    from neurolens.store import Store, read_table
+
+    t = read_table(Store(store_dir(args.out)), "ablations", {"model": model, "concept": concept})
+    rows = [r for r in t.select(["mode", "z", "layer", "neuron"]).to_pylist() if r["mode"] == "single"]
+    return len({(r["layer"], r["neuron"]) for r in rows
+                if r["z"] is not None and math.isfinite(r["z"]) and r["z"] >= 3})
 
 
 def _relabel(args: argparse.Namespace, model: str, done: list[Outcome]) -> None:
