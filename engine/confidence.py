@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from neurolens.engine.adapters.base import Adapter, Batch
-from neurolens.probes.types import Example
+from neurolens.probes.types import Example, in_split
 
 
 class Confidence:
@@ -23,7 +23,7 @@ class Confidence:
                                  and examples and all(e.target for e in examples)) else "readout"
         self.with_targets = self.mode == "target"
         if self.mode == "readout":
-            self._fit([e for e in examples if e.split == "train"] or list(examples), batch_size)
+            self._fit(in_split(examples, "train") or list(examples), batch_size)
 
     @property
     def metric(self) -> str:

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from neurolens.constants import ALPHA  # the project's one alpha
+
 from . import _numba_impl as _nb
 from .stats import bh_qvalues, percentile_rank, welch_p
 
@@ -28,7 +30,6 @@ TABLE_COLUMNS = ("layer", "neuron") + CHUNK_COLUMNS + (
     "q_value", "importance", "importance_pct", "score", "rank",
 )
 
-ALPHA = 0.05
 
 
 def _labels(labels, n: int) -> np.ndarray:

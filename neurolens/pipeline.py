@@ -22,6 +22,7 @@ from neurolens.engine.adapters.base import Adapter, ModelError
 from neurolens.engine.extract import Shard, extract, layer_key, model_sha
 from neurolens.engine.pooling import POOLINGS
 from neurolens.engine.score import SCORE_VERSION, score_layers, write_scores
+from neurolens.errors import ConfigError
 from neurolens.probes import ProbeError, ProbeSet, load_probes
 from neurolens.progress import Bars
 from neurolens.store import SCHEMAS, Store
@@ -80,12 +81,13 @@ def _run_row(**kw) -> pa.Table:
 
 
 def check_config(cfg: RunConfig) -> None:
+    """Settings out of range fail before any work (ConfigError, worded for Python and CLI)."""
     if cfg.pooling not in POOLINGS:
-        raise ModelError(f"unknown pooling {cfg.pooling!r}; choose from {', '.join(POOLINGS)}")
+        raise ConfigError(f"unknown pooling {cfg.pooling!r} (--pooling); choose from {', '.join(POOLINGS)}")
     if cfg.batch_size < 1:
-        raise ModelError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+        raise ConfigError(f"batch_size (--batch-size) must be at least 1, got {cfg.batch_size}")
     if cfg.top_k < 1:
-        raise ModelError(f"--top-k must be at least 1, got {cfg.top_k}")
+        raise ConfigError(f"top_k (--top-k) must be at least 1, got {cfg.top_k}")
 
 
 _REAPED: set[str] = set()   # stores whose dead `running` rows this process has marked
@@ -214,7 +216,7 @@ def _importance(adapter: Adapter, probes: ProbeSet, layers: list[int], cfg: RunC
     from neurolens.engine.importance import importance
 
     conf = Confidence(adapter, probes.examples, batch_size=cfg.batch_size)
-    pos = [e for e in probes.examples if e.label == 1 and e.split == "train"]
+    pos = probes.split("train", label=1)
     with bars.stage("importance", len(pos)) as tick:
         imp = importance(adapter, conf, pos, layers, batch_size=max(1, cfg.batch_size // 2),
                          progress=tick)
@@ -230,14 +232,13 @@ def _label(adapter: Adapter, probes: ProbeSet, store: Store, cfg: RunConfig, run
 
 
 def top_neurons(store: Store, model: str, concept: str, k: int) -> pa.Table:
-    from neurolens.store import read_table
+    """The k best-ranked neurons with the columns the CLI prints (store.top is the one rule)."""
+    from neurolens.store.top import top_neurons as best
 
-    t = read_table(store, "scores", {"model": model, "concept": concept})
-    r = t.column("rank").to_numpy(zero_copy_only=False)
-    ok = np.flatnonzero(~np.isnan(r.astype(float)))
-    ok = ok[np.argsort(r[ok].astype(float))][:k]
-    return t.take(pa.array(ok, pa.int64())).select(
-        ["layer", "neuron", "rank", "score", "selectivity", "consistency", "importance_pct", "q_value"])
+    return best(store, model, concept, k, columns=TOP_COLUMNS)
+
+
+TOP_COLUMNS = ("layer", "neuron", "rank", "score", "selectivity", "consistency", "importance_pct", "q_value")
 
 
 __all__ = ["RunConfig", "RunResult", "run", "top_neurons", "versions", "new_run_id"]

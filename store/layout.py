@@ -22,13 +22,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .schema import PARTITIONS
+from neurolens.errors import StoreError  # noqa: F401 - re-exported: its home is neurolens.errors
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 MARKER = "_partition.json"
-
-
-class StoreError(RuntimeError):
-    """The store cannot be read or written as asked; the message is one clear line."""
 
 
 def check_name(kind: str, value: str) -> str:

@@ -18,12 +18,9 @@ from torch import nn
 
 from neurolens.engine.naming import site as site_name
 from neurolens.probes.types import Example
+from neurolens.errors import ModelError  # noqa: F401 - re-exported: its home is neurolens.errors
 
 Kind = Literal["causal_lm", "masked_lm", "encoder", "vision"]
-
-
-class ModelError(ValueError):
-    """A model a user named cannot be used; the message is one clear line."""
 
 
 class StopForward(Exception):

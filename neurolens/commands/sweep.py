@@ -15,6 +15,7 @@ import traceback
 from dataclasses import dataclass
 
 from neurolens.commands.run import add_common, config
+from neurolens.errors import first_line
 
 
 def add_parser(sub) -> None:
@@ -48,9 +49,7 @@ def _split(value: str, every: list[str]) -> list[str]:
     return out
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+_first_line = first_line
 
 
 def plan(args: argparse.Namespace) -> tuple[list[str], list[str], dict[str, str]]:
@@ -136,10 +135,8 @@ def _relabel(args: argparse.Namespace, model: str, done: list[Outcome]) -> None:
     from neurolens.pipeline import new_run_id
     from neurolens.store import Store
 
-    try:
-        from neurolens.engine.label import label_model
-    except ImportError:
-        return
+    from neurolens.engine.label import label_model
+
     try:
         label_model(Store(store_dir(args.out)), model, run_id=new_run_id())
     except user_errors() as e:
