@@ -19,7 +19,7 @@ class Confidence:
     def __init__(self, adapter: Adapter, examples: Sequence[Example], *, batch_size: int = 32,
                  force_readout: bool = False):
         self.adapter = adapter
-        self.mode = "target" if (not force_readout and adapter.has_lm_head
+        self.mode = "target" if (not force_readout and adapter.has_target_head
                                  and examples and all(e.target for e in examples)) else "readout"
         self.with_targets = self.mode == "target"
         if self.mode == "readout":

@@ -10,7 +10,7 @@ import datetime as dt
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +111,8 @@ def run(cfg: RunConfig, *, adapter: Adapter | None = None, probes: ProbeSet | No
             store.reap_runs()
             _REAPED.add(str(store.root))
     adapter = adapter or registry.load(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    # activations are keyed, stored and reused by the dtype the model really runs in
+    cfg = replace(cfg, dtype=str(adapter.dtype).removeprefix("torch."))
     if probes.modality != adapter.modality:
         raise ModelError(f"concept {probes.concept!r} is a {probes.modality} concept but "
                          f"{adapter.name} is a {adapter.modality} model")
@@ -197,7 +199,7 @@ def _stages(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Store, sh
 
     write_views(store)  # a bare `duckdb -init <store>/views.sql` sees this run too
     if cfg.report:
-        from neurolens.reports import render_report
+        from neurolens.reporting import render_report
 
         with bars.stage("report", 1) as tick:
             res.report = render_report(store.root, adapter.name, probes.concept, reports_dir(cfg.out))

@@ -239,8 +239,9 @@ def parse_assignments(items: list[str] | tuple[str, ...] | None) -> dict[str, st
 # -- running ---------------------------------------------------------------------------------
 def store_root(out: str | os.PathLike[str] | None = None) -> Path:
     """`<out>/store`: out is `out`, else $NEUROLENS_OUT, else ./neurolens-out."""
-    base = out or os.environ.get("NEUROLENS_OUT") or "neurolens-out"
-    return Path(base) / "store"
+    from neurolens.store.paths import store_dir
+
+    return store_dir(out)
 
 
 def open_store(root: str | os.PathLike[str] | Store, *, threads: int | None = None

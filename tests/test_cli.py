@@ -96,7 +96,7 @@ def test_progress_is_quiet_when_not_a_terminal(monkeypatch):
 
 
 def test_sweep_splits_all_and_lists():
-    from neurolens.commands.sweep import _split
+    from neurolens.api import _names as _split
 
     assert _split("all", ["a", "b"]) == ["a", "b"]
     assert _split(" b, a ,b,,", ["a", "b"]) == ["b", "a"]

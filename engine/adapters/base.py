@@ -16,7 +16,6 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from neurolens.engine.naming import site as site_name
 from neurolens.probes.types import Example
 from neurolens.errors import ModelError  # noqa: F401 - re-exported: its home is neurolens.errors
 
@@ -114,9 +113,6 @@ class Adapter(ABC):
         times. None (the default) only loses that optimisation."""
         return None
 
-    def site(self, layer: int) -> str:
-        return site_name(layer, self.modality)
-
     def check_layers(self, layers: Sequence[int] | None) -> list[int]:
         if not layers:
             return list(range(self.n_layers))
@@ -152,8 +148,11 @@ class Adapter(ABC):
 
     @property
     def has_lm_head(self) -> bool:
+        """A language-model head (causal or masked): targets are continuations or masked words."""
         return self.kind in ("causal_lm", "masked_lm")
 
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "ref": self.ref, "family": self.family, "kind": self.kind,
-                "layers": self.n_layers, "neurons": [self.n_neurons(l) for l in range(self.n_layers)]}
+    @property
+    def has_target_head(self) -> bool:
+        """A head that `target_logprobs` can read a probe target from: an LM head, or an image
+        classifier's class logits. The concept confidence uses it when every probe has a target."""
+        return self.has_lm_head
