@@ -13,7 +13,6 @@ import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
 from neurolens.config import reports_dir, store_dir
