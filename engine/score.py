@@ -41,7 +41,7 @@ def scores_table(cols: dict[str, np.ndarray], n_layers: int, run_id: str) -> pa.
 def example_arrays(probes: ProbeSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(example_id, is_train, label), sorted by example_id, for vectorised lookups."""
     ids = np.fromiter((e.example_id for e in probes.examples), np.int64)
-    train = np.isin(ids, [e.example_id for e in probes.split("train")])
+    train = np.fromiter((e.split == "train" for e in probes.examples), bool)
     labels = np.fromiter((e.label for e in probes.examples), np.int64)
     o = np.argsort(ids, kind="stable")
     return ids[o], train[o], labels[o]
