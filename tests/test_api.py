@@ -144,3 +144,24 @@ def test_a_bf16_model_stores_bf16_runs(planted, tmp_path):
     assert "extract" not in again.skipped        # float32 is extracted anew, not reused from bf16
     marker = store.marker("activations", {"model": res.model, "concept": res.concept, "layer": layers[0]})
     assert marker["key"].endswith(":float32")
+
+
+def test_progress_bars_show_in_jupyter(monkeypatch):
+    """In a Jupyter kernel stderr is not a terminal, yet the bars are on (rich draws them as a
+    widget there); piped output stays silent."""
+    from rich.console import Console
+
+    import neurolens.progress as progress
+
+    monkeypatch.setattr(progress, "Console", lambda **kw: Console(**kw, force_jupyter=True))
+    assert progress.Bars().enabled
+    assert not progress.Bars(enabled=False).enabled
+    monkeypatch.setattr(progress, "Console", lambda **kw: Console(**kw, force_jupyter=False))
+    assert not progress.Bars().enabled          # pytest captures stderr: not a tty
+
+
+def test_find_by_name_loads_the_model(planted, tmp_path):
+    f = nl.find(str(planted.path), planted.probes, layers=planted.planted_layers[:1], importance=False,
+                report=False, out=tmp_path / "out", progress=False)
+    assert f.model == planted.path.name or f.model.startswith("planted")
+    assert f.top(3).height > 0
