@@ -436,3 +436,20 @@ def test_alpha_defaults_come_from_one_constant():
         if p is not None:
             assert p.default == ONE == ALPHA, q.name
     assert not [n for n in queries.query_names() if n.startswith("label_")]   # the engine's own SQL
+
+
+@pytest.mark.parametrize("k", [1, 7, 10_000])
+def test_top_neurons_is_one_rule(syn, k):
+    """The named query, the report's query and store.top (used by pipeline, ablation and labels)
+    pick the same neurons in the same order."""
+    from neurolens.reports.data import connect as report_connect
+    from neurolens.reports.data import query as report_query
+    from neurolens.store.top import top_neurons
+
+    for model in ("bert-tiny", "roberta-tiny"):
+        want = top_neurons(Store(syn.root), model, "royalty", k, columns=("layer", "neuron")).to_pylist()
+        named = queries.named(syn.root, "top_neurons", model=model, concept="royalty", k=k)
+        assert [(r["layer"], r["neuron"]) for r in want] == list(zip(named["layer"], named["neuron"]))
+        con = report_connect(syn.root)
+        rep = report_query(con, "top_neurons", model=model, concept="royalty", k=k)
+        assert [(r["layer"], r["neuron"]) for r in want] == list(zip(rep["layer"], rep["neuron"]))
