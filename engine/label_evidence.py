@@ -14,6 +14,7 @@ import numpy as np
 import polars as pl
 
 from neurolens.constants import ALPHA
+from neurolens.errors import first_line
 from neurolens.store import Store, StoreError
 from neurolens.store.duck import connect
 
@@ -31,7 +32,7 @@ def run_sql(store: Store, name: str, **params) -> pl.DataFrame:
     try:
         return con.sql(text, params=params).pl()
     except duckdb.Error as e:
-        raise StoreError(f"labels: reading the store failed ({str(e).strip().splitlines()[0]})") from None
+        raise StoreError(f"labels: reading the store failed ({first_line(e)})") from None
     finally:
         con.close()
 

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Literal
+
 from neurolens.errors import ProbeError  # noqa: F401 - re-exported: its home is neurolens.errors
 
 Modality = Literal["text", "vision"]

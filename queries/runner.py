@@ -25,11 +25,11 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from neurolens.constants import NAMED
+from neurolens.errors import QueryError, first_line  # noqa: F401 - re-exported: its home is neurolens.errors
 from neurolens.store.duck import connect as _connect
 from neurolens.store.duck import write_views
 from neurolens.store.layout import Store, StoreError
-from neurolens.constants import NAMED
-from neurolens.errors import QueryError, first_line  # noqa: F401 - re-exported: its home is neurolens.errors
 
 QUERY_DIR = Path(__file__).resolve().parent
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import duckdb
 import polars as pl
+
 from neurolens.constants import ALPHA, Z_MIN  # one home for both thresholds
 from neurolens.errors import ReportError  # noqa: F401 - re-exported: its home is neurolens.errors
 

@@ -16,8 +16,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from neurolens.probes.types import Example
 from neurolens.errors import ModelError  # noqa: F401 - re-exported: its home is neurolens.errors
+from neurolens.probes.types import Example
 
 Kind = Literal["causal_lm", "masked_lm", "encoder", "vision"]
 
