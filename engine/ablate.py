@@ -41,6 +41,7 @@ from neurolens.engine.naming import neuron_id
 from neurolens.engine.stages import stage as progress_stage
 from neurolens.probes.types import Example, ProbeSet
 from neurolens.store import SCHEMAS, Store, read_layer, read_table
+from neurolens.store.top import top_order
 
 ABLATE_VERSION = 2
 MODES = ("single", "cumulative", "random")
@@ -58,9 +59,7 @@ def top_neurons(store: Store, model: str, concept: str, k: int) -> tuple[list[Ne
     """The top-k (layer, neuron) by rank; when fewer than k pass q < 0.05 the rest are the
     next best by score. Returns them with the scores table."""
     t = read_table(store, "scores", {"model": model, "concept": concept})
-    rank = np.array([np.nan if r is None else r for r in t.column("rank").to_pylist()], dtype=float)
-    score = np.nan_to_num(t.column("score").to_numpy(zero_copy_only=False).astype(float), nan=-np.inf)
-    order = np.lexsort((-score, np.where(np.isnan(rank), np.inf, rank)))[:k]
+    order = top_order(t, k, fill=True)
     lay = t.column("layer").to_numpy()
     neu = t.column("neuron").to_numpy()
     return [(int(lay[i]), int(neu[i])) for i in order], t
@@ -70,7 +69,7 @@ def neuron_stats(store: Store, model: str, probes: ProbeSet, layers: Sequence[in
                  ) -> tuple[dict[int, np.ndarray], dict[int, tuple[np.ndarray, np.ndarray]]]:
     """Per layer: the mean pooled activation over non-concept TRAIN examples (from the
     stored activations), and the concept range [range_lo, range_hi] from the scores."""
-    neg_train = {e.example_id for e in probes.examples if e.label == 0 and e.split == "train"}
+    neg_train = {e.example_id for e in probes.split("train", label=0)}
     values, ranges = {}, {}
     lay = scores.column("layer").to_numpy()
     neu = scores.column("neuron").to_numpy()
@@ -271,4 +270,4 @@ def run_ablations(adapter: Adapter, probes: ProbeSet, store: Store, *, top_k: in
 
 def ablation_examples(probes: ProbeSet) -> list[Example]:
     """The examples ablation is measured on: the test split."""
-    return [e for e in probes.examples if e.split == "test"]
+    return probes.split("test")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from neurolens.engine.adapters.base import Adapter, Batch
-from neurolens.probes.types import Example
+from neurolens.probes.types import Example, in_split
 
 
 class Confidence:
@@ -21,12 +21,12 @@ class Confidence:
         """With ``fit=False`` a readout probe is left unfitted: the caller has the train
         features from a pass of its own and gives them to `fit_features`."""
         self.adapter = adapter
-        self.mode = "target" if (not force_readout and adapter.has_lm_head
+        self.mode = "target" if (not force_readout and adapter.has_target_head
                                  and examples and all(e.target for e in examples)) else "readout"
         self.with_targets = self.mode == "target"
         self.fitted = self.mode == "target"
         if self.mode == "readout" and fit:
-            self._fit([e for e in examples if e.split == "train"] or list(examples), batch_size)
+            self._fit(in_split(examples, "train") or list(examples), batch_size)
 
     @property
     def metric(self) -> str:

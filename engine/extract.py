@@ -67,9 +67,11 @@ class Shard:
 
 def model_sha(adapter: Adapter) -> str:
     """Identifies the weights: the hub commit when known, else config + weight file sizes."""
-    cfg = adapter.model.config
+    cfg = getattr(adapter.model, "config", None)   # torchvision models have none
     commit = getattr(cfg, "_commit_hash", None)
-    h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode())
+    desc = cfg.to_dict() if cfg is not None else {"family": adapter.family, "ref": adapter.ref,
+                                                    "shapes": [list(p.shape) for p in adapter.model.parameters()]}
+    h = hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode())
     if commit:
         h.update(commit.encode())
     p = Path(adapter.ref)

@@ -18,6 +18,7 @@ import torch
 from neurolens.engine import gguf
 from neurolens.engine.adapters.base import Adapter, ModelError
 from neurolens.engine.placement import load_kwargs, placement
+from neurolens.errors import first_line
 
 HUB = {
     "gpt2": "gpt2",
@@ -207,7 +208,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def _load_failure(name: str, mref: ModelRef, e: BaseException) -> str:
     if mref.local:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         return f"cannot load {name}: {first}"
     return (f"cannot load {name} ({mref.ref}): no cached weights and the hub cannot be reached; "
             "download it once where there is network, or pass a local checkpoint directory")

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from neurolens.constants import ALPHA  # the project's one alpha
+
 from . import _numba_impl as _nb
 from .groups import Design, cell_means, group_test, make_design
 from .peers import PROBE_K, TopColumns, elastic_net_weights, order_ranks, probeless_score
@@ -33,7 +35,6 @@ TABLE_COLUMNS = ("layer", "neuron") + CHUNK_COLUMNS + TEST_COLUMNS + (
     "q_value", "importance", "importance_pct", "score", "rank", "rank_probeless", "rank_probe",
 )
 
-ALPHA = 0.05
 
 
 def _labels(labels, n: int) -> np.ndarray:

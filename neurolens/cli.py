@@ -34,13 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
-    from neurolens.errors import user_errors
+    from neurolens.errors import NeuroLensError, first_line
 
     try:
         return int(importlib.import_module(f"neurolens.commands.{args.command}").run(args) or 0)
-    except user_errors() as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"neurolens: error: {msg}", file=sys.stderr)
+    except NeuroLensError as e:  # the one place a user's error becomes one line and exit 2
+        print(f"neurolens: error: {first_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("neurolens: interrupted", file=sys.stderr)

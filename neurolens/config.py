@@ -1,18 +1,7 @@
 """Where outputs go: `--out`, else $NEUROLENS_OUT, else ./neurolens-out (never the checkout's
-source folders)."""
+source folders). Resolved once, in neurolens.store.paths."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from neurolens.store.paths import out_dir, reports_dir, store_dir
 
-
-def out_dir(out: str | os.PathLike[str] | None = None) -> Path:
-    return Path(out or os.environ.get("NEUROLENS_OUT") or "neurolens-out").expanduser().resolve()
-
-
-def store_dir(out: str | os.PathLike[str] | None = None) -> Path:
-    return out_dir(out) / "store"
-
-
-def reports_dir(out: str | os.PathLike[str] | None = None) -> Path:
-    return out_dir(out) / "reports"
+__all__ = ["out_dir", "reports_dir", "store_dir"]

@@ -10,10 +10,9 @@ import datetime as dt
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
 from neurolens.config import reports_dir, store_dir
@@ -22,6 +21,7 @@ from neurolens.engine.adapters.base import Adapter, ModelError
 from neurolens.engine.extract import Shard, extract, layer_key, model_sha
 from neurolens.engine.pooling import POOLINGS
 from neurolens.engine.score import SCORE_VERSION, TOO_FEW, inference, score_layers, write_scores
+from neurolens.errors import ConfigError
 from neurolens.probes import ProbeError, ProbeSet, load_probes
 from neurolens.progress import Bars
 from neurolens.store import SCHEMAS, Store
@@ -85,18 +85,19 @@ def _run_row(**kw) -> pa.Table:
 
 
 def check_config(cfg: RunConfig) -> None:
+    """Settings out of range fail before any work (ConfigError, worded for Python and CLI)."""
     if cfg.pooling not in POOLINGS:
-        raise ModelError(f"unknown pooling {cfg.pooling!r}; choose from {', '.join(POOLINGS)}")
+        raise ConfigError(f"unknown pooling {cfg.pooling!r} (--pooling); choose from {', '.join(POOLINGS)}")
     if cfg.batch_size < 1:
-        raise ModelError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+        raise ConfigError(f"batch_size (--batch-size) must be at least 1, got {cfg.batch_size}")
     if cfg.top_k < 1:
-        raise ModelError(f"--top-k must be at least 1, got {cfg.top_k}")
+        raise ConfigError(f"top_k (--top-k) must be at least 1, got {cfg.top_k}")
     from neurolens.engine.ablate import parse_methods
 
     try:
         cfg.ablate_methods = parse_methods(cfg.ablate_methods)
     except ValueError as e:
-        raise ModelError(f"--ablate-methods: {e}") from None
+        raise ConfigError(f"ablate_methods (--ablate-methods): {e}") from None
 
 
 _REAPED: set[str] = set()   # stores whose dead `running` rows this process has marked
@@ -121,6 +122,8 @@ def run(cfg: RunConfig, *, adapter: Adapter | None = None, probes: ProbeSet | No
             _REAPED.add(str(store.root))
     adapter = adapter or registry.load(cfg.model, device=cfg.device, dtype=cfg.dtype,
                                          device_map=cfg.device_map, max_memory=cfg.max_memory)
+    # activations are keyed, stored and reused by the dtype the model really runs in
+    cfg = replace(cfg, dtype=str(adapter.dtype).removeprefix("torch."))
     if probes.modality != adapter.modality:
         raise ModelError(f"concept {probes.concept!r} is a {probes.modality} concept but "
                          f"{adapter.name} is a {adapter.modality} model")
@@ -219,7 +222,7 @@ def _stages(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Store, sh
 
     write_views(store)  # a bare `duckdb -init <store>/views.sql` sees this run too
     if cfg.report:
-        from neurolens.reports import render_report
+        from neurolens.reporting import render_report
 
         with bars.stage("report", 1) as tick:
             res.report = render_report(store.root, adapter.name, probes.concept, reports_dir(cfg.out))
@@ -257,7 +260,7 @@ def _importance(adapter: Adapter, probes: ProbeSet, layers: list[int], cfg: RunC
         conf = in_pass.conf          # fitted on the extraction pass's features
     else:
         conf = Confidence(adapter, probes.examples, batch_size=cfg.batch_size)
-    pos = [e for e in probes.examples if e.label == 1 and e.split == "train"]
+    pos = probes.split("train", label=1)
     with bars.stage("importance", len(pos)) as tick:
         imp = importance(adapter, conf, pos, layers, batch_size=max(1, cfg.batch_size // 2),
                          progress=tick)
@@ -280,15 +283,14 @@ def scored_neurons(store: Store, model: str, concept: str) -> int:
 
 
 def top_neurons(store: Store, model: str, concept: str, k: int) -> pa.Table:
-    from neurolens.store import read_table
+    """The k best-ranked neurons with the columns the CLI prints (store.top is the one rule)."""
+    from neurolens.store.top import top_neurons as best
 
-    t = read_table(store, "scores", {"model": model, "concept": concept})
-    r = t.column("rank").to_numpy(zero_copy_only=False)
-    ok = np.flatnonzero(~np.isnan(r.astype(float)))
-    ok = ok[np.argsort(r[ok].astype(float))][:k]
-    return t.take(pa.array(ok, pa.int64())).select(
-        ["layer", "neuron", "rank", "score", "selectivity", "consistency", "importance_pct", "q_value",
-         "n_units", "selectivity_test", "p_test", "replicated", "rank_probeless", "rank_probe"])
+    return best(store, model, concept, k, columns=TOP_COLUMNS)
+
+
+TOP_COLUMNS = ("layer", "neuron", "rank", "score", "selectivity", "consistency", "importance_pct", "q_value",
+               "n_units", "selectivity_test", "p_test", "replicated", "rank_probeless", "rank_probe")
 
 
 __all__ = ["RunConfig", "RunResult", "new_run_id", "run", "top_neurons", "versions"]

@@ -1,4 +1,5 @@
-"""Rich progress bars for long stages; silent when output is not a terminal or is JSON."""
+"""Rich progress bars for long stages: on in a terminal and in Jupyter (rich renders them as a
+live widget there), silent when output is piped or is JSON."""
 from __future__ import annotations
 
 import contextlib
@@ -11,12 +12,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 Tick = Callable[[int], None]
 
 
+def interactive(console: Console) -> bool:
+    """A terminal on stderr, or a Jupyter kernel (where stderr is never a tty)."""
+    return bool(console.is_jupyter or sys.stderr.isatty())
+
+
 class Bars:
     """One rich Progress shared by every stage of a run; `stage(name, total)` adds a bar."""
 
     def __init__(self, enabled: bool | None = None):
         self.console = Console(stderr=True)
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.enabled = interactive(self.console) if enabled is None else enabled
         self._p: Progress | None = None
 
     def __enter__(self) -> Bars:

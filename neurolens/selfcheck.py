@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from neurolens.constants import ALPHA
 from neurolens.progress import Bars
 
 N_RANDOM_SETS = 30
@@ -66,11 +67,11 @@ def check_family(family: str, root: Path, *, seed: int = 0, bars: Bars | None = 
     special = np.concatenate([planted, [sl * 1_000_000 + sn, pm.polysemantic[0] * 1_000_000 + pm.polysemantic[1]],
                               decoys])
     rnd = ~np.isin(key, special)
-    random_share = float((q[rnd] < 0.05).mean())
+    random_share = float((q[rnd] < ALPHA).mean())
 
     # zero-ablate the planted set against random sets of the same size from the same layers
     conf = Confidence(adapter, pm.probes.examples)
-    test_pos = [e for e in pm.probes.examples if e.split == "test" and e.label == 1]
+    test_pos = pm.probes.split("test", label=1)
     rng = np.random.default_rng(seed)
     layers = [l for l, _ in pm.planted]
     randoms = []
@@ -92,7 +93,7 @@ def check_family(family: str, root: Path, *, seed: int = 0, bars: Bars | None = 
     z = float((drops[0] - null.mean()) / max(null.std(ddof=1), 1e-12))
 
     # importance (one backward pass) against true single-neuron ablation, top 50 by importance
-    train_pos = [e for e in pm.probes.examples if e.split == "train" and e.label == 1]
+    train_pos = pm.probes.split("train", label=1)
     att = attributions(adapter, conf, train_pos, sorted(set(layer.tolist())))
     imp = np.concatenate([np.abs(att[l]).mean(0) for l in sorted(att)])
     ids = np.concatenate([[(l, n) for n in range(att[l].shape[1])] for l in sorted(att)])

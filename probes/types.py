@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from neurolens.errors import ProbeError  # noqa: F401 - re-exported: its home is neurolens.errors
+
 Modality = Literal["text", "vision"]
-
-
-class ProbeError(ValueError):
-    """A probe the user supplied (or named) is unusable; the message is one clear line."""
 
 
 @dataclass(frozen=True)
@@ -65,5 +64,15 @@ class ProbeSet:
     def n_neg(self) -> int:
         return sum(e.label == 0 for e in self.examples)
 
-    def split(self, which: str) -> list[Example]:
-        return [e for e in self.examples if e.split == which]
+    def split(self, which: Literal["train", "test"], label: int | None = None) -> list[Example]:
+        """The examples of one split (scores and the readout fit on train, validation on test),
+        optionally of one label: the one place the train/test filter is written."""
+        return in_split(self.examples, which, label)
+
+
+def in_split(examples: Sequence[Example], which: Literal["train", "test"],
+             label: int | None = None) -> list[Example]:
+    """`examples` of split `which` (and of `label`, when given), in their order."""
+    if which not in ("train", "test"):
+        raise ValueError(f"split is 'train' or 'test', not {which!r}")
+    return [e for e in examples if e.split == which and (label is None or e.label == label)]

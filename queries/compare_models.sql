@@ -4,7 +4,7 @@
 -- param: concept VARCHAR = NULL
 -- param: bins INTEGER = 10
 -- param: top INTEGER = 100
--- param: alpha DOUBLE = 0.05
+-- param: alpha DOUBLE = ALPHA
 WITH binned AS (
     SELECT
         model, concept, layer, selectivity, q_value, rank,

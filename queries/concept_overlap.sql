@@ -1,7 +1,7 @@
--- description: Neurons of one model significant (q_value < alpha) for several concepts: polysemantic candidates, most concepts first.
--- param: model VARCHAR
+-- description: Neurons of one model significant (q_value < alpha) for several concepts: polysemantic candidates, most concepts first; every model unless one is given.
+-- param: model VARCHAR = NULL
 -- param: min_concepts INTEGER = 2
--- param: alpha DOUBLE = 0.05
+-- param: alpha DOUBLE = ALPHA
 SELECT
     model, layer, neuron,
     any_value(depth) AS depth,
@@ -11,7 +11,7 @@ SELECT
     max(score) AS max_score,
     min(rank) AS best_rank
 FROM scores
-WHERE model = $model
+WHERE ($model IS NULL OR model = $model)
   AND q_value < $alpha
 GROUP BY model, layer, neuron
 HAVING count(DISTINCT concept) >= $min_concepts

@@ -2,7 +2,7 @@
 -- param: model VARCHAR
 -- param: concept VARCHAR = NULL
 -- param: bins INTEGER = 10
--- param: alpha DOUBLE = 0.05
+-- param: alpha DOUBLE = ALPHA
 WITH binned AS (
     SELECT *, least(CAST(floor(depth * $bins + 1e-9) AS INTEGER), $bins - 1) AS depth_bin
     FROM scores

@@ -2,7 +2,7 @@
 -- param: model VARCHAR
 -- param: concept VARCHAR = NULL
 -- param: bins INTEGER = 10
--- param: alpha DOUBLE = 0.05
+-- param: alpha DOUBLE = ALPHA
 SELECT
     model, concept, layer,
     any_value(n_layers) AS n_layers,

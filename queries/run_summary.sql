@@ -1,15 +1,19 @@
--- description: One row per run: what it ran, its status, row counts in the store and its timings (newest first).
+-- description: One row per run: what it ran, its status, row counts in the store and its timings (newest first); every run unless a model or concept is given.
+-- param: model VARCHAR = NULL
+-- param: concept VARCHAR = NULL
+-- param: alpha DOUBLE = ALPHA
+-- param: min_z DOUBLE = Z_MIN
 WITH s AS (
     SELECT run_id,
            count(*) AS n_scored,
-           count(*) FILTER (WHERE q_value < 0.05) AS n_significant,
+           count(*) FILTER (WHERE q_value < $alpha) AS n_significant,
            count(rank) AS n_ranked
     FROM scores GROUP BY run_id
 ),
 ab AS (
     SELECT run_id,
            count(*) AS n_ablations,
-           count(*) FILTER (WHERE mode = 'single' AND z >= 3 AND isfinite(z)) AS n_validated
+           count(*) FILTER (WHERE mode = 'single' AND z >= $min_z AND isfinite(z)) AS n_validated
     FROM ablations GROUP BY run_id
 )
 SELECT
@@ -26,4 +30,6 @@ SELECT
 FROM runs AS r
 LEFT JOIN s USING (run_id)
 LEFT JOIN ab USING (run_id)
+WHERE ($model IS NULL OR r.model = $model)
+  AND ($concept IS NULL OR r.concept = $concept)
 ORDER BY r.started_at DESC NULLS LAST, r.run_id

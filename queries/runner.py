@@ -25,6 +25,8 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from neurolens.constants import NAMED
+from neurolens.errors import QueryError, first_line  # noqa: F401 - re-exported: its home is neurolens.errors
 from neurolens.store.duck import connect as _connect
 from neurolens.store.duck import write_views
 from neurolens.store.layout import Store, StoreError
@@ -39,10 +41,6 @@ _PARAM = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s+([A-Za-z]+)\s*(?:=\s*(.*?))?\s
 _REF = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _REQUIRED = object()
-
-
-class QueryError(ValueError):
-    """A query cannot run as asked; the message is one clear line."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +122,8 @@ def convert(value: Any, typ: str, *, what: str = "value") -> Any:
 def _parse_default(text: str, typ: str, where: str) -> Any:
     if text.upper() == "NULL":
         return None
+    if text in NAMED:   # `= ALPHA`: the project's constant, defined once in neurolens.constants
+        return convert(NAMED[text], typ, what=f"{where}: default")
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
         text = text[1:-1]
     return convert(text, typ, what=f"{where}: default")
@@ -239,8 +239,9 @@ def parse_assignments(items: list[str] | tuple[str, ...] | None) -> dict[str, st
 # -- running ---------------------------------------------------------------------------------
 def store_root(out: str | os.PathLike[str] | None = None) -> Path:
     """`<out>/store`: out is `out`, else $NEUROLENS_OUT, else ./neurolens-out."""
-    base = out or os.environ.get("NEUROLENS_OUT") or "neurolens-out"
-    return Path(base) / "store"
+    from neurolens.store.paths import store_dir
+
+    return store_dir(out)
 
 
 def open_store(root: str | os.PathLike[str] | Store, *, threads: int | None = None
@@ -259,9 +260,7 @@ def open_store(root: str | os.PathLike[str] | Store, *, threads: int | None = No
     return con
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+_one_line = first_line
 
 
 def execute(con: duckdb.DuckDBPyConnection, sql_text: str, params: Mapping[str, Any] | None = None,

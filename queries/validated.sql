@@ -1,7 +1,7 @@
 -- description: Neurons whose single-neuron ablation beats random-neuron controls (z >= min_z, mode 'single'), joined with their scores.
 -- param: model VARCHAR = NULL
 -- param: concept VARCHAR = NULL
--- param: min_z DOUBLE = 3.0
+-- param: min_z DOUBLE = Z_MIN
 SELECT
     a.model, a.concept, a.method, a.layer, a.neuron,
     s.rank, s.score, s.selectivity, s.q_value, s.depth,

@@ -15,14 +15,11 @@ from typing import Any
 import duckdb
 import polars as pl
 
-ALPHA = 0.05      # q-value threshold for a significant neuron (DESIGN "Scores")
-Z_MIN = 3.0       # ablation z at which a neuron counts as validated
+from neurolens.constants import ALPHA, Z_MIN  # one home for both thresholds
+from neurolens.errors import ReportError  # noqa: F401 - re-exported: its home is neurolens.errors
+
 
 _PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
-
-
-class ReportError(ValueError):
-    """A report cannot be made as asked (no store, unknown model or concept); one clear line."""
 
 
 @functools.cache

@@ -9,6 +9,7 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import jinja2
@@ -111,18 +112,24 @@ def render_page(template: str, path: Path, charts: Charts, **ctx: Any) -> Path:
     return path
 
 
+#: decodes an image ref (`builtin:<concept>/<i>` or a path) to HxWx3 uint8 pixels; set by the
+#: package's face (neurolens.reporting), since reports may not import probes
+image_loader: Callable[[str], Any] | None = None
+
+
+def use_image_loader(fn: Callable[[str], Any] | None) -> None:
+    """Where thumbnails of image refs come from (None: only image files on disk)."""
+    global image_loader
+    image_loader = fn
+
+
 def thumbnail(ref: str, size: int = 64) -> str | None:
-    """A small PNG data URI of an image ref (neurolens.probes.load_image) or file path."""
-    try:
-        import numpy as np
-        from PIL import Image
-    except ImportError:     # pragma: no cover - pillow is a dependency
-        return None
+    """A small PNG data URI of an image ref (through `image_loader`) or an image file path."""
+    import numpy as np
+    from PIL import Image
+
     img = None
-    try:
-        from neurolens.probes import load_image  # type: ignore[attr-defined]
-    except ImportError:
-        load_image = None
+    load_image = image_loader
     try:
         if load_image is not None:
             img = Image.fromarray(np.asarray(load_image(ref), dtype=np.uint8))

@@ -8,5 +8,6 @@ __all__ = [
     "check_name", "connect", "view_sql", "views_sql", "write_parquet",
 ]
 from .read import layers_stored, read_layer, read_table  # noqa: E402
+from .top import top_neurons, top_order  # noqa: E402
 
-__all__ += ["layers_stored", "read_layer", "read_table"]
+__all__ += ["layers_stored", "read_layer", "read_table", "top_neurons", "top_order"]

@@ -6,6 +6,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from neurolens.errors import first_line
+
 from .layout import Store, StoreError
 from .schema import PARTITIONS, SCHEMAS
 
@@ -70,8 +72,7 @@ def connect(store: Store | str | Path, *, threads: int | None = None) -> duckdb.
     return con
 
 
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+_first_line = first_line
 
 
 def write_views(store: Store | str | Path) -> Path | None:

@@ -21,14 +21,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from neurolens.errors import StoreError, first_line  # StoreError re-exported: its home is neurolens.errors
+
 from .schema import PARTITIONS
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 MARKER = "_partition.json"
-
-
-class StoreError(RuntimeError):
-    """The store cannot be read or written as asked; the message is one clear line."""
 
 
 def check_name(kind: str, value: str) -> str:
@@ -300,5 +298,5 @@ def write_parquet(table: pa.Table, path: Path) -> None:
             os.close(fd)
     except OSError as e:
         m = re.search(r"\[errno (\d+)\]", str(e))
-        why = e.strerror or (os.strerror(int(m.group(1))) if m else str(e).splitlines()[0])
+        why = e.strerror or (os.strerror(int(m.group(1))) if m else first_line(e))
         raise StoreError(f"cannot write to the store at {path.parent}: {why}") from None

@@ -7,6 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from neurolens.errors import first_line
+
 from .layout import Store, StoreError
 
 
@@ -32,7 +34,7 @@ def read_table(store: Store, table: str, parts: dict) -> pa.Table:
             time.sleep(0.05 * (attempt + 1))  # a concurrent run replaced it: read the new one
         except (pa.ArrowException, OSError) as e:
             raise StoreError(f"corrupt {table} partition {d.relative_to(store.root)}: "
-                             f"{str(e).splitlines()[0]}") from None
+                             f"{first_line(e)}") from None
     raise AssertionError("unreachable")
 
 

@@ -221,7 +221,6 @@ def test_minilm_top10_zero_ablation_beats_random_sets(minilm):
     assert drop[0] >= 5 * max(drop[1:].mean(), 0) and drop[0] > 0
     off_zero = relative_drop(base[~pos], zero[:1, ~pos])[0]
     off_range = relative_drop(base[~pos], rng_[:, ~pos])[0]
-    on_range = relative_drop(base[pos], rng_[:, pos])[0]
     figs = {name: (relative_drop(base[pos], a[:1, pos])[0], relative_drop(base[~pos], a[:1, ~pos])[0])
             for name, a in (("zero", zero), ("mean", mean_), ("range", rng_), ("range/position", pos_rng))}
     for name, (on, off) in figs.items():

@@ -250,7 +250,7 @@ def test_page_renders_offline(report_set, browser, page, tmp_path):
     assert w == 1280 and h > 400
     assert colours > 8, "the screenshot looks blank"
     if page.startswith("resnet18"):
-        assert browser.eval("Array.from(document.querySelectorAll('.thumbs img')).every(i => i.complete && i.naturalWidth > 0)")
+        assert browser.eval("Array.from(document.querySelectorAll('.thumbs img')).every(i => i.complete && i.naturalWidth > 0)")  # noqa: E501
         assert browser.eval("document.querySelectorAll('.thumbs img').length") > 0
 
 

@@ -116,7 +116,7 @@ def test_sweep_validates_by_default_and_run_does_not():
 
 
 def test_sweep_splits_all_and_lists():
-    from neurolens.commands.sweep import _split
+    from neurolens.api import _names as _split
 
     assert _split("all", ["a", "b"]) == ["a", "b"]
     assert _split(" b, a ,b,,", ["a", "b"]) == ["b", "a"]

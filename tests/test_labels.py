@@ -174,7 +174,6 @@ def test_label_tokens_are_words(tmp_path):
     byte-level markers are normalised."""
     import pyarrow as pa
 
-    from neurolens.queries.runner import named
     from neurolens.store.schema import TOP_EXAMPLES
 
     store = Store(tmp_path / "store")
@@ -189,7 +188,7 @@ def test_label_tokens_are_words(tmp_path):
         "activation": [1.0] * len(rows), "tokens": [r[1] for r in rows],
         "token_acts": [r[2] for r in rows], "run_id": ["r"] * len(rows)}, schema=TOP_EXAMPLES)
     store.write_partition("top_examples", {"model": "m", "concept": "royalty"}, te, key="r", run_id="r")
-    got = named(store.root, "label_top_tokens", model="m", n_tokens=10)
+    got = label.top_tokens(store, "m", n_tokens=10)
     toks = got.row(0, named=True)["top_tokens"]
     assert toks[0] == "king"                       # two examples peak on it (one as 'ĠKing')
     assert set(toks) == {"king", "queen", "##ed"}

@@ -413,3 +413,43 @@ def test_cli_errors(out, kw, match):
 def test_cli_missing_store(tmp_path):
     with pytest.raises(QueryError, match="no store at"):
         query_cmd.run(_args(tmp_path / "empty", sql="SELECT 1"), stdout=io.StringIO())
+
+
+@pytest.mark.parametrize("name", ["concept_overlap", "validated", "run_summary"])
+def test_whole_store_queries_need_no_parameters(out, syn, name):
+    """With no model or concept given, these run over every model of the store; with one, they
+    return exactly that model's share of the rows."""
+    data = json.loads(_run(_args(out, name=name, format="json")))
+    whole = queries.named(syn.root, name)
+    assert len(data) == whole.height > 0
+    models = set(whole["model"].to_list())
+    assert len(models) >= 2, models
+    for m in models:
+        assert queries.named(syn.root, name, model=m).height == whole.filter(pl.col("model") == m).height
+
+
+def test_alpha_defaults_come_from_one_constant():
+    from neurolens.constants import ALPHA as ONE
+
+    for q in queries.list_queries():
+        p = q.param("alpha")
+        if p is not None:
+            assert p.default == ONE == ALPHA, q.name
+    assert not [n for n in queries.query_names() if n.startswith("label_")]   # the engine's own SQL
+
+
+@pytest.mark.parametrize("k", [1, 7, 10_000])
+def test_top_neurons_is_one_rule(syn, k):
+    """The named query, the report's query and store.top (used by pipeline, ablation and labels)
+    pick the same neurons in the same order."""
+    from neurolens.reports.data import connect as report_connect
+    from neurolens.reports.data import query as report_query
+    from neurolens.store.top import top_neurons
+
+    for model in ("bert-tiny", "roberta-tiny"):
+        want = top_neurons(Store(syn.root), model, "royalty", k, columns=("layer", "neuron")).to_pylist()
+        named = queries.named(syn.root, "top_neurons", model=model, concept="royalty", k=k)
+        assert [(r["layer"], r["neuron"]) for r in want] == list(zip(named["layer"], named["neuron"]))
+        con = report_connect(syn.root)
+        rep = report_query(con, "top_neurons", model=model, concept="royalty", k=k)
+        assert [(r["layer"], r["neuron"]) for r in want] == list(zip(rep["layer"], rep["neuron"]))

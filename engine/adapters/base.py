@@ -16,16 +16,12 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from neurolens.engine.naming import site as site_name
+from neurolens.errors import ModelError  # noqa: F401 - re-exported: its home is neurolens.errors
 from neurolens.probes.types import Example
 
 Kind = Literal["causal_lm", "masked_lm", "encoder", "vision"]
 #: which side of the site's module carries the neurons
 Side = Literal["input", "output"]
-
-
-class ModelError(ValueError):
-    """A model a user named cannot be used; the message is one clear line."""
 
 
 class StopForward(Exception):
@@ -132,9 +128,6 @@ class Adapter(ABC):
         mod, side = self.neuron_site(layer)
         return mod if side == "input" else None
 
-    def site(self, layer: int) -> str:
-        return site_name(layer, self.modality)
-
     def check_layers(self, layers: Sequence[int] | None) -> list[int]:
         if not layers:
             return list(range(self.n_layers))
@@ -170,8 +163,11 @@ class Adapter(ABC):
 
     @property
     def has_lm_head(self) -> bool:
+        """A language-model head (causal or masked): targets are continuations or masked words."""
         return self.kind in ("causal_lm", "masked_lm")
 
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "ref": self.ref, "family": self.family, "kind": self.kind,
-                "layers": self.n_layers, "neurons": [self.n_neurons(l) for l in range(self.n_layers)]}
+    @property
+    def has_target_head(self) -> bool:
+        """A head that `target_logprobs` can read a probe target from: an LM head, or an image
+        classifier's class logits. The concept confidence uses it when every probe has a target."""
+        return self.has_lm_head

@@ -137,5 +137,5 @@ class ResNetAdapter(Adapter):
         return torch.log_softmax(logits, -1)[rows, batch.target_ids.clamp_min(0)]
 
     @property
-    def has_lm_head(self) -> bool:
+    def has_target_head(self) -> bool:
         return hasattr(self.model, "classifier")

@@ -23,7 +23,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace, *, stdout: TextIO | None = None) -> int:
     from neurolens.config import reports_dir, store_dir
-    from neurolens.reports import render_report, render_set
+    from neurolens.reporting import render_report, render_set
 
     out = stdout or sys.stdout
     store, reports = store_dir(args.out), reports_dir(args.out)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from neurolens.constants import ALPHA
 from neurolens.engine.pooling import POOLINGS
 
 
@@ -54,15 +55,17 @@ def config(args: argparse.Namespace, model: str, concept: str | None, *, ablate:
                      importance=not args.no_importance, report=not args.no_report, out=args.out)
 
 
-def print_top(res, console) -> None:
+def print_top(res, console, k: int = 10) -> None:
+    """The finding's top k neurons as a rich table (`res` is a neurolens.api.Finding)."""
     from rich.table import Table
 
+    top = res.top(k)
     t = Table(title=f"top neurons · {res.model} · {res.concept}")
     for c in ("neuron", "rank", "score", "selectivity", "consistency", "importance pct", "q",
               "held-out p", "replicated"):
         t.add_column(c, justify="right")
-    if res.top is not None:
-        for r in res.top.to_pylist():
+    if top is not None:
+        for r in top.to_dicts():
             imp = "—" if r["importance_pct"] is None else f"{r['importance_pct']:.2f}"
             pt = "—" if r.get("p_test") is None else f"{r['p_test']:.1e}"
             t.add_row(f"L{r['layer']}.N{r['neuron']}", str(r["rank"]), f"{r['score']:.3f}",
@@ -71,25 +74,25 @@ def print_top(res, console) -> None:
     if getattr(res, "note", None):
         console.print(res.note, soft_wrap=True, highlight=False)
     console.print(t)
-    if res.top is not None and res.top.num_rows == 0:
-        console.print("no neuron passes q < 0.05 for this concept")
+    if top.height == 0:
+        console.print(f"no neuron passes q < {ALPHA} for this concept")
 
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from neurolens.pipeline import run as run_pipeline
+    from neurolens.api import run_config
     from neurolens.progress import Bars
 
     cfg = config(args, args.model, args.concept)
     with Bars(enabled=None if not args.quiet else False) as bars:
-        res = run_pipeline(cfg, bars=bars)
-    if res.top is None:  # a non-main process of a sharded launch
+        res = run_config(cfg, bars=bars)
+    if res is None:  # a non-main process of a sharded launch
         return 0
     console = Console()
-    print_top(res, console)
+    print_top(res, console, cfg.top_k)
     if res.skipped:
         console.print(f"reused from the store: {', '.join(res.skipped)}")
-    if res.report:
-        console.print(f"report: {res.report}", soft_wrap=True, highlight=False)
+    if res.report_path:
+        console.print(f"report: {res.report_path}", soft_wrap=True, highlight=False)
     return 0

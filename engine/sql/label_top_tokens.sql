@@ -1,7 +1,4 @@
--- description: The tokens each neuron of one model fires on most, over the stored top examples of every concept (special tokens and punctuation left out).
--- param: model VARCHAR
--- param: near DOUBLE = 0.9
--- param: n_tokens INTEGER = 5
+-- The tokens each neuron of one model fires on most, over the stored top examples of every concept (special tokens and punctuation left out).
 WITH tok AS (
     SELECT concept, layer, neuron, example_id,
            unnest(tokens) AS token, unnest(token_acts) AS act

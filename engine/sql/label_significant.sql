@@ -1,6 +1,4 @@
--- description: Every neuron of one model that is significant and positively selective for a concept (the evidence labels are built from).
--- param: model VARCHAR
--- param: alpha DOUBLE = 0.05
+-- Every neuron of one model that is significant and positively selective for a concept (the evidence labels are built from).
 SELECT concept, layer, neuron, selectivity, q_value, consistency, rank, score
 FROM scores
 WHERE model = $model

@@ -1,5 +1,4 @@
--- description: How related two concepts are in one model: the correlation of their selectivities over every neuron scored for both.
--- param: model VARCHAR
+-- How related two concepts are in one model: the correlation of their selectivities over every neuron scored for both.
 SELECT a.concept AS concept_a, b.concept AS concept_b,
        corr(a.selectivity, b.selectivity) AS r, count(*) AS n
 FROM scores a

@@ -1,0 +1,474 @@
+"""The Python API: load a model once, find concepts in it, read the results as polars frames.
+
+    import neurolens as nl
+    m = nl.load("minilm")                       # a Model, reusable across concepts
+    f = m.find("negation", layers=[4, 5])       # a Finding
+    f.top(5)                                    # polars: layer, neuron, rank, score, ...
+    nl.Store(f.out).sql("select count(*) from scores")
+
+Everything goes through the same pipeline as the CLI (which is a thin layer over this
+module), into the same store, and is resumed and reused the same way.
+"""
+from __future__ import annotations
+
+import html
+import os
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from neurolens.errors import ModelError, NeuroLensError, ProbeError, StoreError, first_line
+from neurolens.probes.types import ProbeSet
+from neurolens.store.paths import out_dir, reports_dir, store_dir
+
+PathLike = str | os.PathLike[str]
+#: the columns `Finding.top` shows first, when the store has them
+TOP_COLUMNS = ("layer", "neuron", "rank", "score", "selectivity", "consistency", "importance_pct",
+               "q_value", "replicated", "selectivity_test", "p_test")
+
+
+# -- probes ------------------------------------------------------------------------------------
+def Probes(positive: Sequence[Any], negative: Sequence[Any], *, concept: str = "custom",  # noqa: N802
+           description: str = "") -> ProbeSet:
+    """A concept from Python lists, checked like a probe file. Items are strings or
+    {"text", "group", "target"} dicts; groups drive the group-wise train/test split."""
+    from neurolens.probes.memory import probes_from_lists
+
+    return probes_from_lists(positive, negative, concept=concept, description=description)
+
+
+def as_probes(concept: str | PathLike | ProbeSet) -> ProbeSet:
+    """A ProbeSet from a built-in concept name, a probe file or folder, or a ProbeSet."""
+    from neurolens.probes import load_concept, load_probe_file
+
+    if isinstance(concept, ProbeSet):
+        return concept
+    if isinstance(concept, os.PathLike):
+        return load_probe_file(concept)
+    if isinstance(concept, str):
+        if concept.lower().endswith((".json", ".jsonl", ".csv")) or os.path.isdir(concept):
+            return load_probe_file(concept)
+        return load_concept(concept)
+    raise ProbeError(f"a concept is a name, a probe file or nl.Probes(...), not {type(concept).__name__}")
+
+
+# -- the store -----------------------------------------------------------------------------------
+class Store:
+    """The store under `out` (default $NEUROLENS_OUT or ./neurolens-out), read through DuckDB."""
+
+    def __init__(self, out: PathLike | None = None):
+        self.out = out_dir(out)
+        self.root = store_dir(out)
+
+    def sql(self, query: str, **params: Any) -> pl.DataFrame:
+        """Run SQL over the views (runs, scores, ablations, labels, ...); `$name` binds params."""
+        from neurolens.queries import sql
+
+        return sql(self.root, query, params or None)
+
+    def query(self, name: str, **params: Any) -> pl.DataFrame:
+        """Run a named query (`neurolens query --list`) with typed parameters."""
+        from neurolens.queries import named
+
+        return named(self.root, name, **params)
+
+    def table(self, name: str, **parts: str) -> pl.DataFrame:
+        """One stored table, or one partition of it (e.g. model=..., concept=...)."""
+        from neurolens.store import Store as _Store
+        from neurolens.store import read_table
+
+        return pl.from_arrow(read_table(_Store(self.root), name, parts or None))
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.out)!r})"
+
+
+# -- a finding -----------------------------------------------------------------------------------
+@dataclass
+class Finding:
+    """What one model × concept run found; the frames are read from the store when asked for."""
+
+    model: str
+    concept: str
+    run_id: str
+    out: Path
+    layers: list[int]
+    report_path: Path | None = None
+    skipped: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    note: str | None = None   # one line when the probes allow no finding (too few groups)
+
+    @property
+    def store(self) -> Store:
+        return Store(self.out)
+
+    def _table(self, name: str, parts: dict[str, str]) -> pl.DataFrame | None:
+        from neurolens.store import Store as _Store
+        from neurolens.store import read_table
+
+        s = _Store(store_dir(self.out))
+        if s.marker(name, parts) is None:
+            return None
+        return pl.from_arrow(read_table(s, name, parts))
+
+    @cached_property
+    def scores(self) -> pl.DataFrame:
+        """Every scored neuron (one row per layer × neuron), as stored."""
+        t = self._table("scores", {"model": self.model, "concept": self.concept})
+        if t is None:
+            raise StoreError(f"no scores for {self.model} × {self.concept} in {self.out}")
+        return t
+
+    @cached_property
+    def ablations(self) -> pl.DataFrame:
+        """Ablation rows (empty when the run did not ablate)."""
+        from neurolens.store import SCHEMAS
+
+        t = self._table("ablations", {"model": self.model, "concept": self.concept})
+        return pl.from_arrow(SCHEMAS["ablations"].empty_table()) if t is None else t
+
+    @cached_property
+    def labels(self) -> pl.DataFrame:
+        """The model's labels of the neurons significant for this concept."""
+        from neurolens.store import SCHEMAS
+
+        t = self._table("labels", {"model": self.model})
+        if t is None:
+            return pl.from_arrow(SCHEMAS["labels"].empty_table())
+        return t.filter(pl.col("concepts").list.contains(self.concept))
+
+    def top(self, k: int = 10) -> pl.DataFrame:
+        """The k best-ranked neurons (significant ones only), best first, with their single-neuron
+        ablation z (best over methods) and label where the store has them."""
+        from neurolens.store.top import top_order
+
+        if k < 1:
+            raise NeuroLensError(f"top(k) needs k of at least 1, got {k}")
+        sc = self.scores
+        best = sc[top_order(sc.to_arrow(), k).tolist()] if sc.height else sc
+        cols = [c for c in TOP_COLUMNS if c in best.columns]
+        out = best.select(cols)
+        ab = self.ablations
+        if ab.height and "z" in ab.columns:
+            z = (ab.filter(pl.col("mode") == "single").group_by("layer", "neuron")
+                 .agg(pl.col("z").max()))
+            out = out.join(z, on=["layer", "neuron"], how="left", maintain_order="left")
+        lb = self.labels
+        if lb.height:
+            out = out.join(lb.select("layer", "neuron", "label"), on=["layer", "neuron"], how="left",
+                           maintain_order="left")
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        sc = self.scores
+        rep = (int(sc.filter(pl.col("rank").is_not_null())["replicated"].fill_null(False).sum())
+               if "replicated" in sc.columns else None)
+        return {"model": self.model, "concept": self.concept, "scored": sc.height,
+                "significant": int((sc["q_value"] < _alpha()).sum()), "ranked": int(sc["rank"].is_not_null().sum()),
+                "replicated": rep, "note": self.note,
+                "validated": int((self.ablations.filter(pl.col("mode") == "single")["z"] >= _z_min()).sum())
+                if self.ablations.height else None}
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        return (f"Finding({self.model!r}, {self.concept!r}: {s['ranked']} ranked of {s['scored']} neurons"
+                f"{'' if self.report_path is None else f', report {str(self.report_path)!r}'})")
+
+    def _repr_html_(self) -> str:
+        s = self.summary()
+        e = html.escape
+        head = (f"<b>{e(self.model)} · {e(self.concept)}</b>: {s['scored']} neurons scored, "
+                f"{s['significant']} significant (q &lt; {_alpha()}), {s['ranked']} ranked")
+        if s["replicated"] is not None:
+            head += f", {s['replicated']} replicated on held-out groups"
+        if s["validated"] is not None:
+            head += f", {s['validated']} validated by ablation (z ≥ {_z_min():g})"
+        if s["note"]:
+            head += f"<br><b>{e(s['note'])}</b>"
+        link = (f'<br>report: <a href="{e(self.report_path.as_uri())}">{e(str(self.report_path))}</a>'
+                if self.report_path else "")
+        top = self.top(10)
+        table = top._repr_html_() if top.height else "<p>no neuron passes q &lt; 0.05 for this concept</p>"
+        return f"<div>{head}{link}{table}</div>"
+
+
+def _alpha() -> float:
+    from neurolens.constants import ALPHA
+
+    return ALPHA
+
+
+def _z_min() -> float:
+    from neurolens.constants import Z_MIN
+
+    return Z_MIN
+
+
+# -- a model -------------------------------------------------------------------------------------
+class Model:
+    """A loaded model; `find` runs concepts through it without loading it again."""
+
+    def __init__(self, adapter: Any):
+        self.adapter = adapter
+
+    name = property(lambda self: self.adapter.name)
+    n_layers = property(lambda self: self.adapter.n_layers)
+    modality = property(lambda self: self.adapter.modality)
+    kind = property(lambda self: self.adapter.kind)
+    device = property(lambda self: self.adapter.device)
+    dtype = property(lambda self: str(self.adapter.dtype).removeprefix("torch."))
+
+    def find(self, concept: str | PathLike | ProbeSet, *, ablate: bool = False, out: PathLike | None = None,
+             top_k: int = 10, layers: Sequence[int] | None = None, pooling: str = "mean",
+             batch_size: int = 32, seed: int = 0, importance: bool = True, report: bool = True,
+             ablate_methods: str | Sequence[str] = "zero", progress: bool | None = None) -> Finding:
+        """Probe, extract, score (and with `ablate`, confirm by ablation), label and report one
+        concept: a built-in name, a probe file, or `nl.Probes(...)`."""
+        from neurolens.pipeline import RunConfig
+
+        probes = as_probes(concept)
+        cfg = RunConfig(model=self.name, concept=probes.concept, layers=list(layers) if layers else None,
+                        pooling=pooling, dtype=self.dtype, batch_size=batch_size, seed=seed, ablate=ablate,
+                        ablate_methods=_methods(ablate_methods), top_k=top_k, importance=importance,
+                        report=report, out=str(out_dir(out)))
+        return run_config(cfg, adapter=self.adapter, probes=probes, progress=progress)
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, {self.kind}, {self.n_layers} layers, {self.device}, {self.dtype})"
+
+
+def _methods(m: str | Sequence[str]) -> str:
+    return m if isinstance(m, str) else ",".join(m)
+
+
+def load(name: str | PathLike, *, device: str | None = None, dtype: str = "float32",
+         device_map: str | None = None, max_memory: str | None = None) -> Model:
+    """A model by registry name (`neurolens models`), checkpoint folder, .gguf file or hub id.
+    `device_map="auto"` (with `max_memory`, e.g. "20GiB") spreads a big model over GPUs, CPU
+    and disk through accelerate."""
+    from neurolens.engine import registry
+
+    return Model(registry.load(os.fspath(name), device=device, dtype=dtype, device_map=device_map,
+                               max_memory=max_memory))
+
+
+def find(model: str | PathLike | Model, concept: str | PathLike | ProbeSet, **kw: Any) -> Finding:
+    """`load(model).find(concept, ...)`; a Model is used as it is."""
+    return (model if isinstance(model, Model) else load(model)).find(concept, **kw)
+
+
+def run_config(cfg: Any, *, adapter: Any = None, probes: ProbeSet | None = None, bars: Any = None,
+               progress: bool | None = None) -> Finding | None:
+    """One pipeline run from a RunConfig (what `neurolens run` does); None on a non-main shard."""
+    from neurolens.pipeline import run
+    from neurolens.progress import Bars
+
+    if bars is None:
+        with Bars(enabled=progress) as own:
+            res = run(cfg, adapter=adapter, probes=probes, bars=own)
+    else:
+        res = run(cfg, adapter=adapter, probes=probes, bars=bars)
+    if res.top is None:
+        return None
+    return Finding(res.model, res.concept, res.run_id, out_dir(cfg.out), res.layers, res.report,
+                   list(res.skipped), dict(res.seconds), res.note)
+
+
+# -- a sweep -------------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    model: str
+    concept: str
+    status: str   # ran | skipped | failed
+    detail: str
+
+
+@dataclass
+class SweepResult:
+    """Every pair's outcome, the findings of those that ran or were reused, and the report set."""
+
+    outcomes: list[Outcome]
+    findings: list[Finding]
+    report_path: Path | None = None
+
+    @property
+    def table(self) -> pl.DataFrame:
+        return pl.DataFrame([o.__dict__ for o in self.outcomes],
+                            schema={"model": pl.String, "concept": pl.String, "status": pl.String,
+                                    "detail": pl.String})
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    def _repr_html_(self) -> str:
+        return self.table._repr_html_()
+
+
+def run_pairs(models: Sequence[str], concepts: Sequence[str], modality_of: dict[str, str],
+              config_for: Callable[[str, str], Any], bars: Any, done: list[Outcome], *,
+              dtype: str = "float32", device: str | None = None, device_map: str | None = None,
+              max_memory: str | None = None, out: PathLike | None = None,
+              findings: list[Finding] | None = None) -> None:
+    """Run every model × concept pair, appending each outcome to `done` (kept when a StoreError
+    stops it): a model that cannot load or a pair that fails is recorded and the rest go on."""
+    from neurolens.engine import registry
+    from neurolens.probes import load_concept
+
+    with bars.stage("sweep", len(models) * len(concepts)) as overall:
+        for m in models:
+            try:
+                adapter = registry.load(m, device=device, dtype=dtype, device_map=device_map,
+                                        max_memory=max_memory)
+            except NeuroLensError as e:
+                done.append(Outcome(m, "*", "failed", f"cannot load: {first_line(e)}"))
+                overall(len(concepts))
+                continue
+            todo = [c for c in concepts if modality_of[c] == adapter.modality]
+            other = [c for c in concepts if c not in todo]
+            if other:
+                done.append(Outcome(adapter.name, ", ".join(other), "skipped",
+                                    f"{modality_of[other[0]]} concepts; {adapter.name} is a "
+                                    f"{adapter.modality} model"))
+                overall(len(other))
+            for c in todo:
+                try:
+                    cfg = config_for(m, c)
+                    cfg.report = False  # the report set is rendered once, at the end
+                    cfg.relabel = False  # and the model's labels once, after its concepts
+                    f = run_config(cfg, adapter=adapter, probes=load_concept(c), bars=bars)
+                    stages = {"extract", "score"} | ({"ablate"} if cfg.ablate else set())
+                    if f is not None and findings is not None:
+                        findings.append(f)
+                    if f is not None and stages <= set(f.skipped):
+                        done.append(Outcome(adapter.name, c, "skipped", "already in the store"))
+                    elif f is not None and f.note:
+                        done.append(Outcome(adapter.name, c, "ran", f.note))
+                    else:
+                        done.append(Outcome(adapter.name, c, "ran", _detail(f, cfg.top_k, cfg.ablate)))
+                except StoreError as e:  # the store itself is unusable (disk full): stop
+                    done.append(Outcome(adapter.name, c, "failed", first_line(e)))
+                    raise
+                except NeuroLensError as e:
+                    done.append(Outcome(adapter.name, c, "failed", first_line(e)))
+                except Exception as e:  # noqa: BLE001 - one broken pair must not end a sweep
+                    if os.environ.get("NEUROLENS_DEBUG"):
+                        traceback.print_exc()
+                    done.append(Outcome(adapter.name, c, "failed",
+                                        f"internal error: {type(e).__name__}: {first_line(e)}"))
+                overall(1)
+            if any(o.model == adapter.name and o.status != "failed" for o in done):
+                relabel(adapter.name, out, done)
+            del adapter
+
+
+def _detail(f: Finding | None, k: int, ablated: bool) -> str:
+    """A sweep row: significant top neurons, how many replicate on held-out groups, and how
+    many a single-neuron ablation validates (z >= Z_MIN against random controls)."""
+    if f is None:
+        return "0 significant top neurons"
+    top = f.top(k)
+    out = f"{top.height} significant top neurons"
+    if "replicated" in top.columns:
+        out += f", {int(top['replicated'].fill_null(False).sum())} replicated"
+    if ablated:
+        n = int((top["z"].fill_null(float("-inf")) >= _z_min()).sum()) if "z" in top.columns else 0
+        out += f", {n} validated"
+    return out
+
+
+def relabel(model: str, out: PathLike | None, done: list[Outcome]) -> None:
+    """The model's labels, rebuilt once from every concept now stored for it."""
+    from neurolens.engine.label import label_model
+    from neurolens.pipeline import new_run_id
+    from neurolens.store import Store as _Store
+
+    try:
+        label_model(_Store(store_dir(out)), model, run_id=new_run_id())
+    except NeuroLensError as e:
+        done.append(Outcome(model, "*", "failed", f"labels: {first_line(e)}"))
+
+
+def _names(value: str | Iterable[str], every: Iterable[str]) -> list[str]:
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else [str(v) for v in value]
+    out: list[str] = []
+    for v in (v for v in items if v):
+        for x in (list(every) if v == "all" else [v]):
+            if x not in out:
+                out.append(x)
+    return out
+
+
+def plan_sweep(models: str | Iterable[str], concepts: str | Iterable[str],
+               config_for: Callable[[str, str], Any], *, device: str | None = None,
+               device_map: str | None = None, max_memory: str | None = None,
+               what: tuple[str, str] = ("models", "concepts")) -> tuple[list[str], list[str], dict[str, str]]:
+    """The models and concepts asked for, checked before any work starts: (models, concepts,
+    modality of every built-in concept). `what` names the two arguments in messages."""
+    from neurolens.engine import registry
+    from neurolens.pipeline import check_config
+    from neurolens.probes import list_concepts
+
+    modality_of = {c.name: c.modality for c in list_concepts()}
+    ms = _names(models, registry.known_models())
+    cs = _names(concepts, modality_of)
+    if not ms:
+        raise ModelError(f"{what[0]} names no model")
+    if not cs:
+        raise ProbeError(f"{what[1]} names no concept")
+    unknown = [c for c in cs if c not in modality_of]
+    if unknown:
+        raise ProbeError(f"unknown concept {unknown[0]!r}; known: {', '.join(modality_of)}")
+    for m in ms:
+        registry.resolve(m)  # an unknown name or a folder that is not a checkpoint fails now
+    check_config(config_for(ms[0], cs[0]))
+    registry.pick_device(device)
+    registry.placement(device_map, max_memory, device)
+    return ms, cs, modality_of
+
+
+def sweep(models: str | Iterable[str], concepts: str | Iterable[str] = "all", *, ablate: bool = True,
+          out: PathLike | None = None, top_k: int = 10, layers: Sequence[int] | None = None,
+          pooling: str = "mean", dtype: str = "float32", device: str | None = None, batch_size: int = 32,
+          seed: int = 0, importance: bool = True, report: bool = True,
+          ablate_methods: str | Sequence[str] = "zero", device_map: str | None = None,
+          max_memory: str | None = None, progress: bool | None = None) -> SweepResult:
+    """Every model × concept pair ("all", a comma-separated string or a list of each), resumable:
+    pairs already in the store are reused. Failures are recorded in the result, not raised
+    (except a StoreError, which stops the sweep)."""
+    from neurolens.pipeline import RunConfig
+    from neurolens.progress import Bars
+
+    outdir = str(out_dir(out))
+
+    def config_for(m: str, c: str) -> RunConfig:
+        return RunConfig(model=m, concept=c, layers=list(layers) if layers else None, pooling=pooling,
+                         dtype=dtype, device=device, batch_size=batch_size, seed=seed, ablate=ablate,
+                         ablate_methods=_methods(ablate_methods), top_k=top_k, importance=importance,
+                         report=report, out=outdir, device_map=device_map, max_memory=max_memory)
+
+    ms, cs, modality_of = plan_sweep(models, concepts, config_for, device=device, device_map=device_map,
+                                     max_memory=max_memory)
+    done: list[Outcome] = []
+    findings: list[Finding] = []
+    with Bars(enabled=progress) as bars:
+        run_pairs(ms, cs, modality_of, config_for, bars, done, dtype=dtype, device=device,
+                  device_map=device_map, max_memory=max_memory, out=outdir, findings=findings)
+    index = None
+    if report and any(o.status != "failed" for o in done):
+        from neurolens.reporting import render_set
+
+        try:
+            index = render_set(store_dir(outdir), reports_dir(outdir), progress=progress)
+        except NeuroLensError as e:
+            done.append(Outcome("*", "*", "failed", f"report set: {first_line(e)}"))
+    return SweepResult(done, findings, index)
+
+
+__all__ = ["Finding", "Model", "Outcome", "Probes", "Store", "SweepResult", "as_probes", "find", "load",
+           "run_config", "run_pairs", "sweep"]
