@@ -3,8 +3,9 @@
 An adapter knows four things about its family: where the neurons are
 (`neuron_site`: a module and whether the neurons are its output or its input), how
 many there are (`n_layers`, `n_neurons`), how examples become batches (`batches`), and
-how the model's concept confidence is read (`features` for the readout probe, `target_logprobs` for LM heads). Everything
-else — extraction, importance, ablation — is written once against this interface.
+how the model's concept confidence is read (`features` for the readout probe,
+`target_logprobs` for LM heads). Everything else — extraction, importance, ablation —
+is written once against this interface.
 """
 from __future__ import annotations
 
