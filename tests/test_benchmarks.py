@@ -51,9 +51,11 @@ def test_smoke_result_has_the_fields(name, tmp_path):
     assert r["runner"]["wall_s"] > 0 and r["runner"]["peak_rss_mb"] > 0
     assert "| benchmark | status |" in p.stdout  # the table of all
     if name == "peer":
-        assert {"neurolens-float32"} <= set(r["rows"])
+        assert {"neurolens-float32", "run-float32", "rundef-float32"} <= set(r["rows"])
         nl = r["rows"]["neurolens-float32"]
         assert nl["seconds"]["tokens_per_s"] > 0 and nl["peak_rss_mb"] > 0
+        for j in ("run-float32", "rundef-float32"):   # the user's path, timed from its runs row
+            assert r["rows"][j]["tokens"] == nl["tokens"] and r["rows"][j]["seconds"]["median_s"] > 0
         if r["skipped"]:
             assert "transformer_lens" in r["skip_reason"] and r["ratio"] is None
         else:
