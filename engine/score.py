@@ -21,7 +21,7 @@ CHUNK = 4096  # neuron columns scored at once: memory is n_examples x CHUNK
 ALPHA = 0.05
 # the custom-probe loader deals ungrouped items into these buckets for the split only;
 # for inference such an example is a group of its own
-AUTO_GROUP = re.compile(r"auto-(pos|neg)-\d+")
+AUTO_GROUP = re.compile(r"auto-(?:(?:pos|neg)-\d+|[0-9a-f]{12})")  # the loader's names for ungrouped examples
 TOO_FEW = "too few groups for any finding: add phrasings or words"
 
 
