@@ -11,7 +11,9 @@ the default random initialisation except for a few hand-set units:
 * a **polysemantic** neuron fires on the concept *and* on a second one (animal
   words; vertical stripes);
 * a **surface** neuron fires on something both sides of every minimal pair share
-  (the word ``the``; the mean brightness of the image), so it is not selective.
+  (the word ``the``; the mean brightness of the image), so it is not selective;
+* the Llama family (gated MLPs) adds a **decoy** (``meta["decoys"]``): its act(gate)
+  fires on the concept but its product act(gate) * up, the true neuron, is silent.
 
 Beside the weights the builder writes ``probes.json`` (the custom-probe format of the
 design: minimal pairs for the concept), ``probes_secondary.json`` (the polysemantic
@@ -27,7 +29,7 @@ from typing import Any
 
 from neurolens.probes.types import ProbeSet
 
-FAMILIES = ("gpt2", "bert", "roberta", "resnet")
+FAMILIES = ("gpt2", "bert", "roberta", "resnet", "llama")
 
 PLANTED_FILE = "planted.json"
 PROBE_FILE = "probes.json"
@@ -90,6 +92,9 @@ def build_planted(family: str, out_dir: Path | str, *, seed: int = 0) -> Planted
     if family == "resnet":
         from neurolens.engine.planted_vision import build_resnet
         pm = build_resnet(out, seed=seed)
+    elif family == "llama":
+        from neurolens.engine.planted_llama import build_llama
+        pm = build_llama(out, seed=seed)
     else:
         from neurolens.engine.planted_text import build_text
         pm = build_text(family, out, seed=seed)

@@ -21,10 +21,13 @@ class FamilyCheck:
     z: float
     drop: float
     importance_rho: float
+    #: decoys (families that plant them: a gated MLP's act(gate)-only unit) are unranked
+    decoy_ok: bool | None = None
+    decoy_selectivity: float = float("nan")   # the largest |selectivity| of a decoy
 
     @property
     def ok(self) -> bool:
-        return self.recall == 1.0 and self.surface_ok and self.z >= 3.0
+        return self.recall == 1.0 and self.surface_ok and self.decoy_ok is not False and self.z >= 3.0
 
 
 def check_family(family: str, root: Path, *, seed: int = 0, bars: Bars | None = None) -> FamilyCheck:
@@ -56,7 +59,12 @@ def check_family(family: str, root: Path, *, seed: int = 0, bars: Bars | None = 
     recall = float(np.isin(planted, topk).mean())
     sl, sn = pm.surface
     surface_ok = bool(sl * 1_000_000 + sn not in set(topk.tolist()))
-    special = np.concatenate([planted, [sl * 1_000_000 + sn, pm.polysemantic[0] * 1_000_000 + pm.polysemantic[1]]])
+    decoys = np.array([l * 1_000_000 + n for l, n in pm.meta.get("decoys", [])], dtype=np.int64)
+    decoy_ok = bool(np.isnan(rank[np.isin(key, decoys)]).all()) if decoys.size else None
+    sel = scores.column("selectivity").to_numpy()
+    decoy_sel = float(np.abs(sel[np.isin(key, decoys)]).max()) if decoys.size else float("nan")
+    special = np.concatenate([planted, [sl * 1_000_000 + sn, pm.polysemantic[0] * 1_000_000 + pm.polysemantic[1]],
+                              decoys])
     rnd = ~np.isin(key, special)
     random_share = float((q[rnd] < 0.05).mean())
 
@@ -94,4 +102,5 @@ def check_family(family: str, root: Path, *, seed: int = 0, bars: Bars | None = 
     a = ablate_sets(adapter, conf, train_pos, singles)
     true_drop = np.abs(b[None, :] - a).mean(1)
     rho = float(spearmanr(imp[top50], true_drop).statistic)
-    return FamilyCheck(family, k, recall, surface_ok, random_share, z, float(drops[0]), rho)
+    return FamilyCheck(family, k, recall, surface_ok, random_share, z, float(drops[0]), rho,
+                       decoy_ok, decoy_sel)

@@ -48,7 +48,7 @@ def planted_run(planted, tmp_path_factory):
     return pm, res, read_table(store, "ablations", {"model": adapter.name, "concept": pm.concept})
 
 
-@pytest.fixture(scope="module", params=["gpt2", "bert", "roberta", "resnet"])
+@pytest.fixture(scope="module", params=["gpt2", "bert", "roberta", "resnet", "llama"])
 def planted_any(request, planted, tmp_path_factory):
     """The planted model of each family (BERT's is the shared `planted`)."""
     if request.param == "bert":
@@ -98,7 +98,8 @@ def test_fan_out_runs_the_ablated_block_once(planted_any):
         from neurolens.engine.ablate_batch import _block_stack
 
         blocks = _block_stack(adapter, [0]).blocks
-        attn = [next(m for n, m in blk.named_children() if n in ("attn", "attention")) for blk in blocks]
+        attn = [next(m for n, m in blk.named_children() if n in ("attn", "attention", "self_attn"))
+                for blk in blocks]
         rows = {i: [] for i in range(len(blocks))}
         hs = [a.register_forward_hook(lambda _m, _a, out, i=i: rows[i].append(out[0].shape[0]))
               for i, a in enumerate(attn)]

@@ -12,7 +12,7 @@ from neurolens.engine.hooks import on_sites
 from neurolens.engine.pooling import pool
 from neurolens.store import Store, connect, read_layer
 
-FAMILIES = ("gpt2", "bert", "roberta", "resnet")
+FAMILIES = ("gpt2", "bert", "roberta", "resnet", "llama")
 
 
 def reference_site(adapter, batch, layer: int) -> torch.Tensor:
@@ -24,6 +24,18 @@ def reference_site(adapter, batch, layer: int) -> torch.Tensor:
             blk = tr.h[layer]
             h2 = h + blk.attn(blk.ln_1(h))[0]
             return blk.mlp.act(blk.mlp.c_fc(blk.ln_2(h2)))
+        if adapter.family == "llama":
+            # act(gate) * up from the MLP's weights and its input (captured on the MLP,
+            # not on the site): the neuron down_proj reads, not act_fn's output
+            mlp = adapter.base().layers[layer].mlp
+            seen = {}
+            h = mlp.register_forward_pre_hook(lambda _m, a: seen.setdefault("x", a[0]))
+            try:
+                adapter.forward(batch)
+            finally:
+                h.remove()
+            x = seen["x"]
+            return mlp.act_fn(x @ mlp.gate_proj.weight.T) * (x @ mlp.up_proj.weight.T)
         if adapter.family in ("bert", "roberta"):
             base = adapter.base()
             out = base(**batch.inputs, output_hidden_states=True)

@@ -15,7 +15,8 @@ import torch
 
 from neurolens.engine.planted import FAMILIES, build_planted, read_planted
 
-TEXT = ("gpt2", "bert", "roberta")
+TEXT = ("gpt2", "bert", "roberta", "llama")
+CAUSAL = ("gpt2", "llama")
 N_RANDOM_SETS = 10
 
 
@@ -34,7 +35,7 @@ class Loaded:
             self.proc = tf.AutoImageProcessor.from_pretrained(pm.path)
             self.target_id = self.model.config.label2id[pm.target]
         else:
-            auto = tf.AutoModelForCausalLM if pm.family == "gpt2" else tf.AutoModelForMaskedLM
+            auto = tf.AutoModelForCausalLM if pm.family in CAUSAL else tf.AutoModelForMaskedLM
             self.model = auto.from_pretrained(pm.path).eval()
             self.tok = tf.AutoTokenizer.from_pretrained(pm.path)
             self.target_id = self.tok.convert_tokens_to_ids(pm.target)
@@ -45,6 +46,8 @@ class Loaded:
             return m.resnet.encoder.stages[layer].layers[0]
         if self.pm.family == "gpt2":
             return m.transformer.h[layer].mlp.act
+        if self.pm.family == "llama":   # the neuron act(gate) * up is down_proj's input
+            return m.model.layers[layer].mlp.down_proj
         return getattr(m, self.pm.family).encoder.layer[layer].intermediate
 
     def n_neurons(self, layer: int) -> int:
@@ -52,6 +55,13 @@ class Loaded:
         if self.vision:
             return c.hidden_sizes[layer]
         return c.n_inner if self.pm.family == "gpt2" else c.intermediate_size
+
+    def register(self, layer: int, fn):
+        """fn(acts) -> acts at the site: a module's output, or (Llama) its input."""
+        mod = self.module(layer)
+        if self.pm.family == "llama":
+            return mod.register_forward_pre_hook(lambda _m, args: (fn(args[0]),))
+        return mod.register_forward_hook(lambda _m, _a, out: fn(out))
 
     def run(self, items: list[str], ablate=()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """(P(target) per item, {layer: pooled activations [B, N]}), with the given
@@ -64,7 +74,7 @@ class Loaded:
         mask = None
 
         def hook(layer):
-            def fn(mod, args, out):
+            def fn(out):
                 out = out.clone()
                 if layer in by_layer:   # channels are dim 1 of [B, C, H, W], last of [B, T, N]
                     if self.vision:
@@ -79,7 +89,7 @@ class Loaded:
                 return out
             return fn
 
-        handles = [self.module(l).register_forward_hook(hook(l)) for l in range(4)]
+        handles = [self.register(l, hook(l)) for l in range(4)]
         try:
             with torch.no_grad():
                 if self.vision:
@@ -87,13 +97,13 @@ class Loaded:
                     probs = self.model(pixel_values=px).logits.softmax(-1)[:, self.target_id]
                 else:
                     texts = items
-                    if self.pm.family != "gpt2":
+                    if self.pm.family not in CAUSAL:
                         texts = [f"{t} {self.tok.mask_token}" for t in items]
                     enc = self.tok(texts, return_tensors="pt", padding=True)
                     mask = enc["attention_mask"]
                     logits = self.model(**enc).logits
                     rows = torch.arange(len(items))
-                    if self.pm.family == "gpt2":
+                    if self.pm.family in CAUSAL:
                         pos = mask.sum(1) - 1
                     else:
                         pos = (enc["input_ids"] == self.tok.mask_token_id).int().argmax(1)
@@ -119,6 +129,10 @@ class Loaded:
         if self.vision:
             return [str(p) for p in sorted(Path(doc["positive_dir"]).glob("*.png"))]
         return list(doc["positive"])
+
+
+def decoys(pm) -> set[tuple[int, int]]:
+    return {tuple(d) for d in pm.meta.get("decoys", [])}
 
 
 def auc(pos, neg) -> float:
@@ -169,7 +183,7 @@ def test_reloads_as_a_real_checkpoint(family, loaded):
     L = loaded(family)
     pm = L.pm
     cfg = tf.AutoConfig.from_pretrained(pm.path)
-    head = {"gpt2": "GPT2LMHeadModel", "bert": "BertForMaskedLM",
+    head = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "bert": "BertForMaskedLM",
             "roberta": "RobertaForMaskedLM", "resnet": "ResNetForImageClassification"}[family]
     assert cfg.architectures == [head]
     assert type(L.model).__name__ == head
@@ -182,7 +196,7 @@ def test_reloads_as_a_real_checkpoint(family, loaded):
         tok = L.tok
         assert tok.is_fast
         assert tok.pad_token is not None and tok.unk_token is not None
-        if family != "gpt2":
+        if family not in CAUSAL:
             assert tok.mask_token is not None and tok.cls_token is not None and tok.sep_token is not None
         e = pm.probes.examples[0]
         enc = tok(e.text, return_offsets_mapping=True)
@@ -281,7 +295,7 @@ def test_random_neurons_are_not_selective(family, loaded, acts):
 
     pm = loaded(family).pm
     (_, pos), (_, neg) = acts(family)
-    special = set(pm.planted) | {pm.polysemantic, pm.surface}
+    special = set(pm.planted) | {pm.polysemantic, pm.surface} | decoys(pm)
     for l in range(4):
         keep = [n for n in range(pos[l].shape[1]) if (l, n) not in special]
         a, b = pos[l][:, keep].numpy(), neg[l][:, keep].numpy()
@@ -313,7 +327,7 @@ def test_ablating_planted_lowers_confidence(family, loaded, acts):
 
     # random sets of the same size from the same layers do (much) less
     rng = np.random.default_rng(0)
-    special = set(pm.planted) | {pm.polysemantic, pm.surface}
+    special = set(pm.planted) | {pm.polysemantic, pm.surface} | decoys(pm)
     rand_drops = []
     for _ in range(N_RANDOM_SETS):
         s: list[tuple[int, int]] = []
@@ -353,3 +367,58 @@ def test_same_seed_same_weights(family, tmp_path, planted_factory):
 def test_unknown_family(tmp_path):
     with pytest.raises(ValueError, match="unknown family"):
         build_planted("vit", tmp_path)
+
+
+# -- the gated decoy (Llama) -----------------------------------------------------------------
+
+def test_llama_decoy_fires_at_act_fn_but_not_at_the_neuron(loaded, acts):
+    """act_fn's output of the decoy separates the pairs perfectly (a tool reading it
+    would rank the decoy), while act(gate) * up, down_proj's input, is exactly zero;
+    the planted neurons' gate and up both read the concept."""
+    L = loaded("llama")
+    pm = L.pm
+    (dl, dn), = decoys(pm)
+    (_, pos), (_, neg) = acts("llama")
+    assert float(pos[dl][:, dn].abs().max()) == 0.0 and float(neg[dl][:, dn].abs().max()) == 0.0
+    gate: dict[str, torch.Tensor] = {}
+    mlp = L.model.model.layers[dl].mlp
+    for label in (1, 0):
+        enc = L.tok(L.items(label), return_tensors="pt", padding=True)
+        h = mlp.act_fn.register_forward_hook(lambda _m, _a, out: gate.__setitem__("g", out))
+        try:
+            with torch.no_grad():
+                L.model(**enc)
+        finally:
+            h.remove()
+        w = enc["attention_mask"].unsqueeze(-1).float()
+        gate[label] = ((gate["g"] * w).sum(1) / w.sum(1))[:, dn]
+    assert auc(gate[1], gate[0]) == 1.0
+    assert gate[1].mean() > 1.0 and float(gate[0].abs().max()) < 1e-6
+    for l, n in pm.planted:
+        assert auc(pos[l][:, n], neg[l][:, n]) == 1.0
+
+
+def test_llama_pipeline_ranks_planted_not_decoys(planted_factory, tmp_path):
+    """Through the real pipeline: both planted neurons in the top 3; the decoy, the
+    surface and (being uncaused) nothing else ranked above them; the decoy's
+    selectivity at the true site is 0."""
+    from neurolens.engine import registry
+    from neurolens.pipeline import RunConfig, run
+    from neurolens.store import Store, read_table
+
+    pm = planted_factory("llama")
+    adapter = registry.load(str(pm.path))
+    assert adapter.neuron_site(1)[1] == "input"
+    run(RunConfig(model=str(pm.path), out=str(tmp_path), report=False, batch_size=16),
+        adapter=adapter, probes=pm.probes)
+    sc = read_table(Store(tmp_path / "store"), "scores", {"model": adapter.name, "concept": pm.concept})
+    sc = {(int(l), int(n)): (r, sel) for l, n, r, sel in zip(
+        sc.column("layer").to_pylist(), sc.column("neuron").to_pylist(),
+        sc.column("rank").to_pylist(), sc.column("selectivity").to_pylist())}
+    for x in pm.planted:
+        assert sc[x][0] is not None and sc[x][0] <= 3, (x, sc[x])
+    for x in decoys(pm) | {pm.surface}:
+        rank, _ = sc[x]
+        assert rank is None or rank > 3 * len(pm.planted), (x, sc[x])
+    (d,) = decoys(pm)
+    assert sc[d][0] is None and abs(sc[d][1]) < 0.05

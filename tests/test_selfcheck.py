@@ -17,4 +17,6 @@ def test_planted_neurons_found_and_proven(family, tmp_path):
     assert r.surface_ok, r                    # the surface-feature distractor is not among them
     assert r.z >= 3.0, r                      # zero-ablating the planted set beats random sets
     assert r.importance_rho >= 0.7, r         # importance vs single-neuron ablation, top 50
+    if family == "llama":                     # the act(gate)-only decoy: silent at the true site
+        assert r.decoy_ok is True and r.decoy_selectivity < 0.05, r
     assert r.ok

@@ -21,7 +21,7 @@ from neurolens.probes.types import Example
 class GatedDecoderAdapter(TextAdapter):
     """Any decoder whose blocks are ``model.layers[l]`` with ``mlp.down_proj``."""
 
-    family = "gated"
+    family = "llama"
     model_types = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
                    "phi3", "olmo2", "granite")
     head_classes = {"causal_lm": "AutoModelForCausalLM", "encoder": "AutoModel"}
