@@ -106,11 +106,13 @@ POLY_READ, POLY_BIAS = 5.0, 2.0    # polysemantic neuron on C and A
 # X and T are present at every position a royalty word can see, so their energy moves
 # LayerNorm's scale there: written QUIET times smaller (and read 1/QUIET times larger)
 # they leave random units blind to the concept even under a paired test over groups
+# (RoBERTa uses 0.3 with a stronger head: at 0.1 its P(crown) stays far below 0.5; at 1
+# 7-10% of its random units in layers 1-3 reach p < 0.001 under the paired group test)
 QUIET = 0.1
-GAINS = {  # aggregator C -> X, planted -> T, crown's row on T, MLM head's T -> T
-    "gpt2": dict(agg=1.0, write=0.06, tgt=9.0, head=0.0),
-    "bert": dict(agg=2.5, write=0.06, tgt=4.5, head=5.0),
-    "roberta": dict(agg=2.5, write=0.06, tgt=4.5, head=5.0),
+GAINS = {  # aggregator C -> X, planted -> T, crown's row on T, MLM head's T -> T, QUIET
+    "gpt2": dict(agg=1.0, write=0.06, tgt=9.0, head=0.0, quiet=QUIET),
+    "bert": dict(agg=2.5, write=0.06, tgt=4.5, head=5.0, quiet=QUIET),
+    "roberta": dict(agg=2.5, write=0.06, tgt=6.0, head=8.0, quiet=0.3),
 }
 
 
@@ -350,7 +352,7 @@ def build_text(family: str, out: Path, *, seed: int = 0) -> PlantedModel:
             w[RESERVED, :] = 0
             w[:, RESERVED] = 0
             bias[RESERVED] = 0
-            w[T, T] = gain["head"] / QUIET
+            w[T, T] = gain["head"] / gain["quiet"]
             w[B, B] = 1.0      # keep an anchor for the head's own LayerNorm
 
         # 2. the nouns that fill the concept slot (royalty, ordinary people, animals)
@@ -370,7 +372,7 @@ def build_text(family: str, out: Path, *, seed: int = 0) -> PlantedModel:
             wte[vocab[word], A], wte[vocab[word], MIRROR[A]] = EMB, -EMB
         wte[vocab["the"], H], wte[vocab["the"], MIRROR[H]] = EMB, -EMB
         # the mirror is not read by the head; BERT/RoBERTa's head transform restores T's scale
-        wte[vocab[TARGET], T] = gain["tgt"] / (QUIET if family == "gpt2" else 1.0)
+        wte[vocab[TARGET], T] = gain["tgt"] / (gain["quiet"] if family == "gpt2" else 1.0)
         b.tables[1][:, B] = ANCHOR
         b.tables[1][:, B2] = -ANCHOR
 
@@ -394,7 +396,8 @@ def build_text(family: str, out: Path, *, seed: int = 0) -> PlantedModel:
         ws[2][C, 0] = 1.0
         wo, _ = b.attn_out(AGG_LAYER)
         wo[:hd, :] = 0
-        wo[0, X], wo[0, MIRROR[X]] = QUIET * gain["agg"], -QUIET * gain["agg"]
+        qx = gain["quiet"] * gain["agg"]
+        wo[0, X], wo[0, MIRROR[X]] = qx, -qx
 
         # 5. planted neurons: read X, write T
         # (each with its own strength, drawn from the seed: no two are clones)
@@ -402,11 +405,12 @@ def build_text(family: str, out: Path, *, seed: int = 0) -> PlantedModel:
         for (l, n), (jr, jw) in zip(planted, jitter.tolist()):
             wi, bi = b.mlp_in(l)
             wi[:, n] = 0
-            wi[X, n] = READ * jr / QUIET
+            wi[X, n] = READ * jr / gain["quiet"]
             bi[n] = FLOOR
             wm, _ = b.mlp_out(l)
             wm[n, :] = 0
-            wm[n, T], wm[n, MIRROR[T]] = QUIET * gain["write"] * jw, -QUIET * gain["write"] * jw
+            qt = gain["quiet"]
+            wm[n, T], wm[n, MIRROR[T]] = qt * gain["write"] * jw, -qt * gain["write"] * jw
 
     model.save_pretrained(out)
     ps, secondary = make_probes(family, seed)
