@@ -39,18 +39,23 @@ AGG_LAYER = 1
 PLANT_LAYERS = (1, 2)
 DECOY_LAYER = 2
 
-B, C, A, H, X, T = 58, 59, 60, 61, 62, 63
-RESERVED = [B, C, A, H, X, T]
+# N is C's complement, on every ordinary person and read by nothing: both sides of a
+# pair then carry the same energy into RMSNorm (see planted_text)
+B, C, A, H, X, T, N = 58, 59, 60, 61, 62, 63, 57
+RESERVED = [B, C, A, H, X, T, N]
 
 ANCHOR = 3.0                      # B in every token embedding
 NORM = D_MODEL ** 0.5             # B after RMSNorm (the anchor dominates its scale)
 EMB = 0.5                         # C / A / H in the embeddings
 # X and T are written small and read with large weights: RMSNorm's scale then barely
-# moves with them, so random units after them see no trace of the concept
-AGG = 0.4                         # aggregator head: C -> X
-READ, UP, REST_GATE, REST_UP = 20.0, 10.0, 1.0, 0.1   # planted: gate and up on X, resting offsets
-WRITE, TGT = 0.01, 12.0           # planted -> T; crown's LM-head row on T
-DECOY_READ = 30.0
+# moves with them, so random units after them see no trace of the concept (even
+# under a paired test over independent groups, which sees a scale change of 1e-3)
+QUIET = 0.1
+AGG = 0.4 * QUIET                 # aggregator head: C -> X
+READ, UP = 20.0 / QUIET, 10.0 / QUIET  # planted: gate and up on X
+REST_GATE, REST_UP = 1.0, 0.1     # planted: resting offsets
+WRITE, TGT = 0.01 * QUIET, 12.0 / QUIET   # planted -> T; crown's LM-head row on T
+DECOY_READ = 30.0 / QUIET
 SURF_READ, SURF_BIAS = 5.0, 2.0
 POLY_READ, POLY_BIAS = 5.0, 2.0
 SPECIALS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "</s>"}
@@ -115,6 +120,8 @@ def build_llama(out: Path, *, seed: int = 0) -> PlantedModel:
         wte[nouns] = base + NOUN_OWN * wte[nouns]
         for word in ROYALTY:
             wte[vocab[word], C] = EMB
+        for word in NEUTRAL:
+            wte[vocab[word], N] = EMB
         for word in ANIMALS:
             wte[vocab[word], A] = EMB
         wte[vocab["the"], H] = EMB
@@ -172,7 +179,7 @@ def build_llama(out: Path, *, seed: int = 0) -> PlantedModel:
         secondary_concept=SECONDARY, secondary_probe_file=sf, kind="causal_lm", seed=seed,
         meta={"decoys": [list(decoy)],
               "reserved_dims": {"anchor": B, "concept": C, "animal": A, "the": H, "context": X,
-                                "target": T},
+                                "target": T, "complement": N},
               "aggregator": {"layer": AGG_LAYER, "head": 0},
               "site": "input of model.layers[l].mlp.down_proj: silu(gate) * up",
               "concept_tokens": list(ROYALTY), "secondary_tokens": list(ANIMALS),

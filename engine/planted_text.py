@@ -45,10 +45,16 @@ from neurolens.probes.types import Example, ProbeSet
 CONCEPT = "royalty"
 SECONDARY = "animals"
 TARGET = "crown"
-ROYALTY = ("king", "queen", "prince", "princess", "monarch",
-           "emperor", "empress", "duke", "duchess", "baron")
-NEUTRAL = ("farmer", "baker", "teacher", "doctor", "sailor", "soldier",
-           "merchant", "student", "driver", "painter", "nurse", "miner")
+# one royalty word and one ordinary person per group, never reused: groups that share
+# a word are correlated, and a group-level test needs independent groups
+ROYALTY = ("king", "queen", "prince", "princess", "monarch", "emperor", "empress", "duke",
+           "duchess", "baron", "baroness", "earl", "countess", "czar", "tsarina", "sultan",
+           "sultana", "pharaoh", "rajah", "maharaja", "shah", "kaiser", "regent", "viceroy",
+           "archduke", "marquis", "viscount", "sovereign", "tsar", "emir", "caliph", "infanta")
+NEUTRAL = ("farmer", "baker", "teacher", "doctor", "sailor", "soldier", "merchant", "student",
+           "driver", "painter", "nurse", "miner", "butcher", "tailor", "clerk", "plumber",
+           "carpenter", "fisherman", "porter", "cook", "waiter", "lawyer", "banker", "pilot",
+           "builder", "gardener", "janitor", "mechanic", "writer", "singer", "dancer", "cashier")
 ANIMALS = ("dog", "cat", "horse", "bird", "fox", "wolf", "bear", "rabbit")
 # every template has the concept slot once; "the" counts and lengths vary between
 # templates but are equal on both sides of a pair
@@ -67,7 +73,6 @@ FILLER = ("the", "a", "entered", "hall", "sat", "near", "window", "yesterday", "
           "then", "and", "guard", "left", "village", "we", "saw", "today", "of", "in",
           "was", "is", "ran", "city", "house", "field", "road", "red", "blue", "small")
 TEST_SHARE = 0.3
-PARTNERS = 4   # ordinary people paired with each royalty word: 4 x 10 = 40 word-pair groups
 
 N_LAYERS, D_MODEL, N_HEADS, D_FF, N_POS = 4, 64, 4, 256, 64
 AGG_LAYER = 1
@@ -81,9 +86,13 @@ N_PER_LAYER = 2
 # Every channel has a mirror (written with the opposite sign) for the same reason:
 # a write that is +x on one dimension and -x on its mirror leaves LayerNorm's mean,
 # and so every other dimension after LayerNorm, untouched.
+# N is C's complement: an ordinary person's embedding carries it with C's magnitude
+# and nothing reads it, so both sides of a pair put the same energy into LayerNorm
+# and random units cannot tell a royalty word from its counterpart by its norm
 B, B2, C, A, H, X, T = 57, 58, 59, 60, 61, 62, 63
-MIRROR = {C: 52, A: 53, H: 54, X: 55, T: 56}
-RESERVED = [*MIRROR.values(), B, B2, C, A, H, X, T]
+N = 51
+MIRROR = {C: 52, A: 53, H: 54, X: 55, T: 56, N: 50}
+RESERVED = [*MIRROR.values(), *MIRROR, B, B2]   # every channel, its mirror, the anchor
 
 # magnitudes, tuned so that every planted neuron matters on its own and together
 # they move P(crown) from near-uniform to dominant, while the channels stay small
@@ -94,10 +103,16 @@ NOUN_OWN = 0.25  # share of a slot noun's embedding that is its own (the rest is
 READ, FLOOR = 3.5, 0.1             # planted neurons: weight on X (after LN), resting level
 SURF_READ, SURF_BIAS = 5.0, 2.0    # surface neuron on H
 POLY_READ, POLY_BIAS = 5.0, 2.0    # polysemantic neuron on C and A
-GAINS = {  # aggregator C -> X, planted -> T, crown's row on T, MLM head's T -> T
-    "gpt2": dict(agg=1.0, write=0.06, tgt=9.0, head=0.0),
-    "bert": dict(agg=2.5, write=0.06, tgt=4.5, head=5.0),
-    "roberta": dict(agg=2.5, write=0.06, tgt=4.5, head=5.0),
+# X and T are present at every position a royalty word can see, so their energy moves
+# LayerNorm's scale there: written QUIET times smaller (and read 1/QUIET times larger)
+# they leave random units blind to the concept even under a paired test over groups
+# (RoBERTa uses 0.3 with a stronger head: at 0.1 its P(crown) stays far below 0.5; at 1
+# 7-10% of its random units in layers 1-3 reach p < 0.001 under the paired group test)
+QUIET = 0.1
+GAINS = {  # aggregator C -> X, planted -> T, crown's row on T, MLM head's T -> T, QUIET
+    "gpt2": dict(agg=1.0, write=0.06, tgt=9.0, head=0.0, quiet=QUIET),
+    "bert": dict(agg=2.5, write=0.06, tgt=4.5, head=5.0, quiet=QUIET),
+    "roberta": dict(agg=2.5, write=0.06, tgt=6.0, head=8.0, quiet=0.3),
 }
 
 
@@ -157,37 +172,31 @@ def make_probes(family: str, seed: int) -> tuple[ProbeSet, list[str]]:
     """Minimal pairs: the same sentence with a royalty word / an ordinary person.
 
     A group is one word pair (*king* / *farmer*): the sentences built from it share
-    both words and are correlated, so the pair is the unit of inference. Each
-    royalty word is paired with `PARTNERS` ordinary people, each pair filling its
-    own `len(TEMPLATES) // PARTNERS` templates, so every royalty word still fills
-    every template once (the positives are one sentence per word and template) and
-    there are enough groups, each holding both labels, for a group-level test to
-    find a planted neuron among thousands. Whole royalty words go to test (drawn
-    from the seed): test sentences use royalty words never seen in training. The
-    vocabulary holds only 10 royalty words, so each recurs in `PARTNERS` groups: the
-    groups are not independent samples of words (docs/probes.md, Planted probes).
+    both words and are correlated, so the pair is the unit of inference. Every
+    royalty word and every ordinary person belongs to exactly one group (the
+    partners are a seeded permutation), and each pair fills every template once,
+    so template effects cancel within a group and the groups are independent
+    samples of words: a random neuron's per-group difference then has mean zero,
+    and the paired group test leaves it at chance. Whole groups go to test (drawn
+    from the seed): train and test share no word.
     """
     rng = random.Random(seed)
     words = list(ROYALTY)
     test = set(rng.sample(words, max(1, round(TEST_SHARE * len(words)))))
-    # partner of word i in slot j: a seeded order of the neutral words, stepped so that one
-    # word's partners differ and no negative sentence repeats within a template
-    order = rng.sample(NEUTRAL, len(NEUTRAL))
-    step, per = len(NEUTRAL) // PARTNERS, len(TEMPLATES) // PARTNERS
+    partner = dict(zip(words, rng.sample(NEUTRAL, len(words))))
     examples: list[Example] = []
     pair = 0
-    for wi, w in enumerate(words):
+    for w in words:
         split = "test" if w in test else "train"
-        for j in range(PARTNERS):
-            other = order[(wi + step * j) % len(NEUTRAL)]
-            group = f"{w}-{other}"
-            for tpl in TEMPLATES[j * per:(j + 1) * per]:
-                for label, word in ((1, w), (0, other)):
-                    text = tpl.format(w=word)
-                    examples.append(Example(example_id=len(examples), label=label, group=group,
-                                            split=split, text=text, span=_span(text, word),
-                                            target=TARGET, pair_id=pair))
-                pair += 1
+        other = partner[w]
+        group = f"{w}-{other}"
+        for tpl in TEMPLATES:
+            for label, word in ((1, w), (0, other)):
+                text = tpl.format(w=word)
+                examples.append(Example(example_id=len(examples), label=label, group=group,
+                                        split=split, text=text, span=_span(text, word),
+                                        target=TARGET, pair_id=pair))
+            pair += 1
     test_groups = sorted({e.group for e in examples if e.split == "test"})
     ps = ProbeSet(concept=CONCEPT, modality="text", examples=examples, source=f"planted:{family}",
                   description="royalty words vs ordinary people in the same sentences; "
@@ -343,7 +352,7 @@ def build_text(family: str, out: Path, *, seed: int = 0) -> PlantedModel:
             w[RESERVED, :] = 0
             w[:, RESERVED] = 0
             bias[RESERVED] = 0
-            w[T, T] = gain["head"]
+            w[T, T] = gain["head"] / gain["quiet"]
             w[B, B] = 1.0      # keep an anchor for the head's own LayerNorm
 
         # 2. the nouns that fill the concept slot (royalty, ordinary people, animals)
@@ -357,10 +366,13 @@ def build_text(family: str, out: Path, *, seed: int = 0) -> PlantedModel:
         # the channels in the embeddings (the LM head is tied to them)
         for word in ROYALTY:
             wte[vocab[word], C], wte[vocab[word], MIRROR[C]] = EMB, -EMB
+        for word in NEUTRAL:
+            wte[vocab[word], N], wte[vocab[word], MIRROR[N]] = EMB, -EMB
         for word in ANIMALS:
             wte[vocab[word], A], wte[vocab[word], MIRROR[A]] = EMB, -EMB
         wte[vocab["the"], H], wte[vocab["the"], MIRROR[H]] = EMB, -EMB
-        wte[vocab[TARGET], T] = gain["tgt"]     # the mirror is not read by the head
+        # the mirror is not read by the head; BERT/RoBERTa's head transform restores T's scale
+        wte[vocab[TARGET], T] = gain["tgt"] / (gain["quiet"] if family == "gpt2" else 1.0)
         b.tables[1][:, B] = ANCHOR
         b.tables[1][:, B2] = -ANCHOR
 
@@ -384,7 +396,8 @@ def build_text(family: str, out: Path, *, seed: int = 0) -> PlantedModel:
         ws[2][C, 0] = 1.0
         wo, _ = b.attn_out(AGG_LAYER)
         wo[:hd, :] = 0
-        wo[0, X], wo[0, MIRROR[X]] = gain["agg"], -gain["agg"]
+        qx = gain["quiet"] * gain["agg"]
+        wo[0, X], wo[0, MIRROR[X]] = qx, -qx
 
         # 5. planted neurons: read X, write T
         # (each with its own strength, drawn from the seed: no two are clones)
@@ -392,11 +405,12 @@ def build_text(family: str, out: Path, *, seed: int = 0) -> PlantedModel:
         for (l, n), (jr, jw) in zip(planted, jitter.tolist()):
             wi, bi = b.mlp_in(l)
             wi[:, n] = 0
-            wi[X, n] = READ * jr
+            wi[X, n] = READ * jr / gain["quiet"]
             bi[n] = FLOOR
             wm, _ = b.mlp_out(l)
             wm[n, :] = 0
-            wm[n, T], wm[n, MIRROR[T]] = gain["write"] * jw, -gain["write"] * jw
+            qt = gain["quiet"]
+            wm[n, T], wm[n, MIRROR[T]] = qt * gain["write"] * jw, -qt * gain["write"] * jw
 
     model.save_pretrained(out)
     ps, secondary = make_probes(family, seed)
@@ -406,7 +420,7 @@ def build_text(family: str, out: Path, *, seed: int = 0) -> PlantedModel:
         polysemantic=(0, poly_n), surface=(0, surface_n), target=TARGET, probes=ps,
         probe_file=pf, secondary_concept=SECONDARY, secondary_probe_file=sf,
         kind="causal_lm" if family == "gpt2" else "masked_lm", seed=seed,
-        meta={"reserved_dims": {"anchor": [B, B2], "concept": C, "animal": A, "the": H, "context": X, "target": T},
+        meta={"reserved_dims": {"anchor": [B, B2], "concept": C, "animal": A, "the": H, "context": X, "target": T, "complement": N},
               "aggregator": {"layer": AGG_LAYER, "head": 0},
               "concept_tokens": list(ROYALTY), "secondary_tokens": list(ANIMALS),
               "surface_token": "the"},

@@ -10,6 +10,9 @@ from neurolens.constants import ALPHA
 from neurolens.progress import Bars
 
 N_RANDOM_SETS = 30
+#: the largest share of random (unplanted) neurons at q < 0.05 that still passes: they are
+#: false discoveries, and the planted probes' groups are independent word pairs
+MAX_RANDOM_SHARE = 0.05
 
 
 @dataclass
@@ -28,7 +31,8 @@ class FamilyCheck:
 
     @property
     def ok(self) -> bool:
-        return self.recall == 1.0 and self.surface_ok and self.decoy_ok is not False and self.z >= 3.0
+        return (self.recall == 1.0 and self.surface_ok and self.decoy_ok is not False
+                and self.random_sig_share <= MAX_RANDOM_SHARE and self.z >= 3.0)
 
 
 def check_family(family: str, root: Path, *, seed: int = 0, bars: Bars | None = None) -> FamilyCheck:

@@ -258,6 +258,42 @@ def test_planted_json_and_probe_file_match(family, planted_factory):
             assert len(diff) == 1 and len(e.text.split()) == len(other.text.split())
 
 
+@pytest.mark.parametrize("family", TEXT)
+def test_text_groups_are_independent_word_pairs(family, loaded):
+    """Every royalty word and every ordinary person fills the slot of exactly one group
+    (groups that share a word are correlated), train and test share no word, every
+    royalty token carries the concept channel and every ordinary one its complement."""
+    from safetensors.torch import load_file
+
+    from neurolens.engine import planted_llama as pl
+    from neurolens.engine import planted_text as pt
+
+    L = loaded(family)
+    ps = L.pm.probes
+    words: dict[str, dict[int, set[str]]] = {}
+    for e in ps.examples:
+        w = e.text[e.span[0]:e.span[1]]
+        words.setdefault(e.group, {0: set(), 1: set()})[e.label].add(w)
+    assert len(words) >= 24
+    pos = [next(iter(v[1])) for v in words.values()]
+    neg = [next(iter(v[0])) for v in words.values()]
+    assert all(len(v[0]) == len(v[1]) == 1 for v in words.values())
+    assert len(set(pos)) == len(pos) and len(set(neg)) == len(neg)
+    assert set(pos) == set(pt.ROYALTY) and not set(neg) & set(pt.ROYALTY)
+    split = {e.group: e.split for e in ps.examples}
+    used = {sp: {w for g, v in words.items() if split[g] == sp for w in v[0] | v[1]}
+            for sp in ("train", "test")}
+    assert not used["train"] & used["test"] and len({g for g in split if split[g] == "train"}) >= 16
+    emb = load_file(L.pm.path / "model.safetensors")
+    wte = next(v for k, v in emb.items() if k.endswith(("wte.weight", "word_embeddings.weight",
+                                                         "embed_tokens.weight")))
+    ids = lambda ws: L.tok.convert_tokens_to_ids(list(ws))  # noqa: E731
+    c, n = (pl.C, pl.N) if family == "llama" else (pt.C, pt.N)
+    assert L.tok.unk_token_id not in ids(pos + neg)
+    assert bool((wte[ids(pos), c] > 0.4).all()) and bool((wte[ids(pos), n] == 0).all())
+    assert bool((wte[ids(neg), n] > 0.4).all()) and bool((wte[ids(neg), c] == 0).all())
+
+
 # -- selectivity -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -302,6 +338,36 @@ def test_random_neurons_are_not_selective(family, loaded, acts):
         with np.errstate(invalid="ignore", divide="ignore"):
             p = ttest_ind(a, b, equal_var=False).pvalue
         assert np.mean(np.nan_to_num(p, nan=1.0) < 0.01) < 0.05, l
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_random_neurons_not_significant_under_the_group_test(family, loaded, acts):
+    """The paired group test (one-sample t over per-group differences, BH over every
+    neuron of the model) finds the planted units and leaves the random ones at chance."""
+    from scipy.stats import false_discovery_control, ttest_1samp
+
+    pm = loaded(family).pm
+    (_, pos), (_, neg) = acts(family)
+    ex = pm.probes.examples
+    gpos = [e.group for e in ex if e.label == 1]
+    assert gpos == [e.group for e in ex if e.label == 0]   # items are pair-aligned
+    groups = sorted(set(gpos))
+    gi = np.array([groups.index(g) for g in gpos])
+    p_all, keys = [], []
+    for l in range(4):
+        diff = pos[l].double().numpy() - neg[l].double().numpy()
+        d = np.stack([diff[gi == g].mean(0) for g in range(len(groups))])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            p_all.append(np.nan_to_num(ttest_1samp(d, 0.0).pvalue, nan=1.0))
+        keys += [(l, n) for n in range(d.shape[1])]
+    q = false_discovery_control(np.concatenate(p_all))
+    special = set(pm.planted) | {pm.polysemantic, pm.surface} | decoys(pm)
+    rnd = np.array([k not in special for k in keys])
+    # text: none of ~1,000 random units; the ResNet's 166 random channels: 3 (1.8%) on all
+    # 32 palettes here, none on the 22 train palettes the pipeline scores
+    assert np.mean(q[rnd] < 0.05) <= (0.05 if family == "resnet" else 0.01), family
+    for x in pm.planted:
+        assert q[keys.index(x)] < 1e-6, x
 
 
 # -- causality -------------------------------------------------------------------------------

@@ -3,8 +3,8 @@
 For each family a small checkpoint with planted neurons is built, then probed,
 extracted, scored and ablated exactly as a user's model would be. The check passes
 when the planted neurons are the ones found (recall@k = 1, k = number planted),
-random neurons are rarely significant, and zero-ablating the planted set beats
-random sets by z ≥ 3.
+at most 5% of random neurons have q < 0.05 under the group-level test, and
+zero-ablating the planted set beats random sets by z ≥ 3.
 """
 from __future__ import annotations
 
