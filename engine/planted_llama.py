@@ -25,13 +25,12 @@ Llama block (RMSNorm, rotary attention, MLP ``down(silu(gate(x)) * up(x))``):
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from neurolens.engine.planted import PlantedModel
-from neurolens.engine.planted_text import (ANIMALS, CONCEPT, FILLER, NEUTRAL, NOUN_OWN, ROYALTY,
+from neurolens.engine.planted_text import (save_tokenizer, ANIMALS, CONCEPT, FILLER, NEUTRAL, NOUN_OWN, ROYALTY,
                                            SECONDARY, TARGET, _pick, make_probes, write_probe_files)
 
 N_LAYERS, D_MODEL, N_HEADS, D_FF, N_POS = 4, 64, 4, 256, 64
@@ -74,11 +73,7 @@ def make_tokenizer(out: Path):
     tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
                                                       special_tokens=[("<s>", vocab["<s>"])])
     fast = PreTrainedTokenizerFast(tokenizer_object=tk, model_max_length=N_POS, **SPECIALS)
-    fast.save_pretrained(out)
-    cfg_path = out / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+    save_tokenizer(fast, out)
     return fast, vocab
 
 

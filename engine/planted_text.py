@@ -154,13 +154,18 @@ def make_tokenizer(family: str, out: Path):
             single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
             special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])])
     fast = PreTrainedTokenizerFast(tokenizer_object=tk, model_max_length=N_POS - 2, **specials)
+    save_tokenizer(fast, out)
+    return fast, vocab
+
+
+def save_tokenizer(fast, out: Path) -> None:
+    """Save a built fast tokenizer under the generic fast class's name, which every
+    transformers version resolves."""
     fast.save_pretrained(out)
-    # name the generic fast class, which every transformers version resolves
     cfg_path = out / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
-    return fast, vocab
 
 
 def _span(text: str, word: str) -> tuple[int, int]:
