@@ -97,13 +97,21 @@ def peer_job(job, model: dict, n_words: int, n_examples: int, n_tokens: int, bat
         dtype=getattr(torch, dtype))
     net = HookedTransformer(cfg)
     net.eval()
+    _peer_extract(job, net, ids, labels, dev, batch_size, grad=grad)
+
+
+def _peer_extract(job, net, ids, labels, dev, batch_size: int, *, grad: bool = False) -> None:
+    """The peer's job, timed from `job.ready()`: run_with_cache on every MLP post site,
+    mean-pooled, then AUROC per neuron."""
+    import torch
+
     tokens = torch.from_numpy(ids).to(dev)
-    names = [f"blocks.{l}.mlp.hook_post" for l in range(cfg.n_layers)]
+    names = [f"blocks.{l}.mlp.hook_post" for l in range(net.cfg.n_layers)]
     wanted = set(names)
     job.ready()
     pooled: dict[str, list] = {n: [] for n in names}
     with torch.set_grad_enabled(grad):
-        for s in range(0, n_examples, batch_size):
+        for s in range(0, len(ids), batch_size):
             _, cache = net.run_with_cache(tokens[s:s + batch_size], names_filter=lambda n: n in wanted)
             for n in names:
                 pooled[n].append(cache[n].mean(dim=1).detach())
@@ -221,19 +229,7 @@ def llama_peer_job(job, ckpt: str, n_words: int, n_examples: int, n_tokens: int,
     net.eval()
     del state
     ids, labels = common.token_ids(n_examples, n_tokens, n_words)
-    tokens = torch.from_numpy(ids).to(dev)
-    names = [f"blocks.{l}.mlp.hook_post" for l in range(cfg.n_layers)]
-    wanted = set(names)
-    job.ready()
-    pooled: dict[str, list] = {n: [] for n in names}
-    with torch.no_grad():
-        for s in range(0, n_examples, batch_size):
-            _, cache = net.run_with_cache(tokens[s:s + batch_size], names_filter=lambda n: n in wanted)
-            for n in names:
-                pooled[n].append(cache[n].mean(dim=1).detach())
-            del cache
-    aucs = [rank_auroc(torch.cat(pooled[n]), labels) for n in names]
-    job.done(tokens=int(ids.size), neurons=int(sum(a.shape[0] for a in aucs)), device=common.device_name(dev))
+    _peer_extract(job, net, ids, labels, dev, batch_size)
 
 
 def bare_job(job, ckpt: str, n_words: int, n_examples: int, n_tokens: int, batch_size: int,
