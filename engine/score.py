@@ -2,7 +2,6 @@
 importance from the model, and publish the `scores` partition."""
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from neurolens.constants import ALPHA
 from neurolens.engine.naming import depth
 from neurolens.kernels import ScoreAccumulator, make_design, min_attainable_p
 from neurolens.kernels.peers import PROBE_K
@@ -18,10 +18,6 @@ from neurolens.store import SCHEMAS, Store, read_layer
 
 SCORE_VERSION = "2"   # 2: group-level p-values, held-out replication, peer rankings
 CHUNK = 4096  # neuron columns scored at once: memory is n_examples x CHUNK
-ALPHA = 0.05
-# the custom-probe loader deals ungrouped items into these buckets for the split only;
-# for inference such an example is a group of its own
-AUTO_GROUP = re.compile(r"auto-(?:(?:pos|neg)-\d+|[0-9a-f]{12})")  # the loader's names for ungrouped examples
 TOO_FEW = "too few groups for any finding: add phrasings or words"
 
 
@@ -53,13 +49,14 @@ def scores_table(cols: dict[str, np.ndarray], n_layers: int, run_id: str) -> pa.
 
 def example_arrays(probes: ProbeSet) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(example_id, is_train, label, group code), sorted by example_id, for vectorised
-    lookups. The group code is -1 for an example without a group of its own."""
+    lookups. The group code is -1 for an example without a group (the probe loaders give
+    each ungrouped example a group of its own, which the test treats the same way)."""
     ids = np.fromiter((e.example_id for e in probes.examples), np.int64)
     train = np.fromiter((e.split == "train" for e in probes.examples), bool)
     labels = np.fromiter((e.label for e in probes.examples), np.int64)
     codes: dict[str, int] = {}
-    grp = np.fromiter((-1 if not e.group or AUTO_GROUP.fullmatch(e.group)
-                       else codes.setdefault(e.group, len(codes)) for e in probes.examples), np.int64)
+    grp = np.fromiter((codes.setdefault(e.group, len(codes)) if e.group else -1
+                       for e in probes.examples), np.int64)
     o = np.argsort(ids, kind="stable")
     return ids[o], train[o], labels[o], grp[o]
 

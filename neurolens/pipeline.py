@@ -136,9 +136,9 @@ def run(cfg: RunConfig, *, adapter: Adapter | None = None, probes: ProbeSet | No
     res = RunResult(run_id, adapter.name, probes.concept, layers)
     started = dt.datetime.now(dt.timezone.utc)
     base = {"run_id": run_id, "model": adapter.name, "model_ref": adapter.ref, "model_sha": msha,
-                "concept": probes.concept, "probe_sha": probes.sha, "n_pos": probes.n_pos, "n_neg": probes.n_neg,
-                "layers": layers, "pooling": cfg.pooling, "device": str(adapter.device),
-                "world_size": shard.world, "versions": versions(), "dtype": cfg.dtype, "started_at": started}
+            "concept": probes.concept, "probe_sha": probes.sha, "n_pos": probes.n_pos, "n_neg": probes.n_neg,
+            "layers": layers, "pooling": cfg.pooling, "device": str(adapter.device),
+            "world_size": shard.world, "versions": versions(), "dtype": cfg.dtype, "started_at": started}
     # the run's lock: held for its whole life (the kernel drops it however the process
     # dies), so the next run can tell a dead `running` row from a live one
     with store.claimed(f"run-{run_id}"):
@@ -205,10 +205,14 @@ def _stages(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Store, sh
     res.seconds["ablate"] = time.perf_counter() - t0
 
     _label(adapter, probes, store, cfg, run_id, skey, bars)
-    res.top = top_neurons(store, adapter.name, probes.concept, cfg.top_k)
+    from neurolens.store import read_table
+    from neurolens.store.top import ranked
+
+    scores = read_table(store, "scores", parts)   # read once: the top rows and the count
+    res.top = ranked(scores, cfg.top_k).select(list(TOP_COLUMNS))
+    n_scored = scores.num_rows
     inf = inference(probes)
     res.n_units = inf.n_units
-    n_scored = scored_neurons(store, adapter.name, probes.concept)
     if not inf.feasible(n_scored):
         res.note = (f"{TOO_FEW} ({inf.n_units} {'groups' if inf.paired else 'cells'} in train: "
                     f"even a perfect neuron reaches only p = {inf.min_p:.1e}, "
@@ -273,13 +277,6 @@ def _label(adapter: Adapter, probes: ProbeSet, store: Store, cfg: RunConfig, run
 
     label.run_labels(adapter, probes, store, top_k=cfg.top_k, run_id=run_id, key=skey,
                      batch_size=cfg.batch_size, bars=bars, relabel=cfg.relabel)
-
-
-def scored_neurons(store: Store, model: str, concept: str) -> int:
-    """How many neurons the scores partition of this model x concept holds."""
-    from neurolens.store import read_table
-
-    return read_table(store, "scores", {"model": model, "concept": concept}).num_rows
 
 
 def top_neurons(store: Store, model: str, concept: str, k: int) -> pa.Table:
