@@ -22,6 +22,7 @@ from typing import Any
 
 import polars as pl
 
+from neurolens.constants import ALPHA, Z_MIN
 from neurolens.errors import ModelError, NeuroLensError, ProbeError, StoreError, first_line
 from neurolens.probes.types import ProbeSet
 from neurolens.store.paths import out_dir, reports_dir, store_dir
@@ -169,9 +170,9 @@ class Finding:
         rep = (int(sc.filter(pl.col("rank").is_not_null())["replicated"].fill_null(False).sum())
                if "replicated" in sc.columns else None)
         return {"model": self.model, "concept": self.concept, "scored": sc.height,
-                "significant": int((sc["q_value"] < _alpha()).sum()), "ranked": int(sc["rank"].is_not_null().sum()),
+                "significant": int((sc["q_value"] < ALPHA).sum()), "ranked": int(sc["rank"].is_not_null().sum()),
                 "replicated": rep, "note": self.note,
-                "validated": int((self.ablations.filter(pl.col("mode") == "single")["z"] >= _z_min()).sum())
+                "validated": int((self.ablations.filter(pl.col("mode") == "single")["z"] >= Z_MIN).sum())
                 if self.ablations.height else None}
 
     def __repr__(self) -> str:
@@ -183,30 +184,18 @@ class Finding:
         s = self.summary()
         e = html.escape
         head = (f"<b>{e(self.model)} · {e(self.concept)}</b>: {s['scored']} neurons scored, "
-                f"{s['significant']} significant (q &lt; {_alpha()}), {s['ranked']} ranked")
+                f"{s['significant']} significant (q &lt; {ALPHA}), {s['ranked']} ranked")
         if s["replicated"] is not None:
             head += f", {s['replicated']} replicated on held-out groups"
         if s["validated"] is not None:
-            head += f", {s['validated']} validated by ablation (z ≥ {_z_min():g})"
+            head += f", {s['validated']} validated by ablation (z ≥ {Z_MIN:g})"
         if s["note"]:
             head += f"<br><b>{e(s['note'])}</b>"
         link = (f'<br>report: <a href="{e(self.report_path.as_uri())}">{e(str(self.report_path))}</a>'
                 if self.report_path else "")
         top = self.top(10)
-        table = top._repr_html_() if top.height else "<p>no neuron passes q &lt; 0.05 for this concept</p>"
+        table = top._repr_html_() if top.height else f"<p>no neuron passes q &lt; {ALPHA} for this concept</p>"
         return f"<div>{head}{link}{table}</div>"
-
-
-def _alpha() -> float:
-    from neurolens.constants import ALPHA
-
-    return ALPHA
-
-
-def _z_min() -> float:
-    from neurolens.constants import Z_MIN
-
-    return Z_MIN
 
 
 # -- a model -------------------------------------------------------------------------------------
@@ -377,7 +366,7 @@ def _detail(f: Finding | None, k: int, ablated: bool) -> str:
     if "replicated" in top.columns:
         out += f", {int(top['replicated'].fill_null(False).sum())} replicated"
     if ablated:
-        n = int((top["z"].fill_null(float("-inf")) >= _z_min()).sum()) if "z" in top.columns else 0
+        n = int((top["z"].fill_null(float("-inf")) >= Z_MIN).sum()) if "z" in top.columns else 0
         out += f", {n} validated"
     return out
 
