@@ -145,7 +145,8 @@ def load(name: str, *, device: str | None = None, dtype: str = "float32",
         if mref.ref.startswith(prefix):
             if where is not None:
                 raise ModelError(f"{name}: --device-map is for transformers checkpoints")
-            return klass.load(mref.ref, name=mref.name, device=dev, dtype=DTYPES[dtype], local_only=False)
+            return _fast(klass.load(mref.ref, name=mref.name, device=dev, dtype=DTYPES[dtype],
+                                    local_only=False))
     quiet()
     from transformers import AutoConfig
 
@@ -181,6 +182,14 @@ def load(name: str, *, device: str | None = None, dtype: str = "float32",
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ModelError(_load_failure(name, mref, e)) from None
     adapter.ref = mref.ref   # the runs table names what the user gave (a .gguf), not the cache
+    return _fast(adapter)
+
+
+def _fast(adapter: Adapter) -> Adapter:
+    """Dense layers on oneDNN where they run in fp32 on the CPU (`kernels.linear`)."""
+    from neurolens.kernels.linear import use_onednn
+
+    use_onednn(adapter.model)
     return adapter
 
 

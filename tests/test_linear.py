@@ -1,0 +1,69 @@
+"""Dense layers on oneDNN (kernels/linear.py): the same products as torch's, a correct
+input gradient, and torch's own path wherever oneDNN does not apply."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from neurolens.kernels import linear as lin
+
+pytestmark = pytest.mark.skipif(not lin.available(), reason="this torch build has no oneDNN linear kernel")
+
+
+def _model():
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(24, 40), nn.GELU(), Conv1D(16, 40), nn.Linear(16, 8, bias=False))
+
+
+def test_switched_layers_equal_a_float64_reference():
+    m = _model().requires_grad_(False)
+    ref = _model().double()
+    assert lin.use_onednn(m) == 3
+    assert all(isinstance(x, nn.Linear) for x in (m[0], m[3]))
+    assert type(m[0]) is not nn.Linear and type(m[2]).__name__ != "Conv1D"
+    x = torch.randn(5, 7, 24)
+    with torch.no_grad():
+        got, want = m(x), ref(x.double())
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_input_gradient_matches_torch():
+    m, plain = _model(), _model()
+    for p in list(m.parameters()) + list(plain.parameters()):
+        p.requires_grad_(False)
+    lin.use_onednn(m)
+    x = torch.randn(3, 4, 24, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    (m(x) ** 2).sum().backward()
+    (plain(x2) ** 2).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_path_where_onednn_does_not_apply(monkeypatch):
+    m = _model().requires_grad_(False)      # frozen, as every adapter leaves its model
+    lin.use_onednn(m)
+    calls = []
+    real = lin._op()
+    monkeypatch.setattr(lin, "_op", lambda: (lambda *a: calls.append(1) or real(*a)))
+    with torch.no_grad():
+        m(torch.randn(2, 24))
+    assert len(calls) == 3
+    calls.clear()
+    with torch.no_grad():
+        m.to(torch.bfloat16)(torch.randn(2, 24, dtype=torch.bfloat16))   # half precision
+    assert calls == []
+    m = _model().float()
+    lin.use_onednn(m)
+    x = torch.randn(2, 24)
+    (m(x) ** 2).sum().backward()        # weights that want a gradient: torch's own layer
+    assert calls == [] and m[0].weight.grad is not None
+
+
+def test_switched_off_by_environment(monkeypatch):
+    monkeypatch.setenv("NEUROLENS_ONEDNN", "0")
+    assert not lin.available()
+    m = _model()
+    assert lin.use_onednn(m) == 0 and type(m[0]) is nn.Linear
