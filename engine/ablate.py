@@ -5,9 +5,9 @@ method (`zero`, `mean`, `range`), the pipeline measures on the **test** split:
 
 * ``single``: each top neuron alone, compared with ``n_random`` random single neurons
   of the same layer;
-* ``cumulative``: the top-1..j neurons together for j = 1..k (the curve), compared at
-  the control sizes (`control_sizes`: 1, 2, 5, 10 and k itself) with ``n_random``
-  random sets of j neurons with the same layer multiset; the other sizes carry no z;
+* ``cumulative``: the top-1..j neurons together at the control sizes j
+  (`control_sizes`: 1, 2, 5, 10 and k itself; the curve), each compared with
+  ``n_random`` random sets of j neurons with the same layer multiset;
 * ``random``: the control sets themselves, one row each.
 
 The random sets are nested: draw r is a random ordering whose i-th neuron comes from
@@ -20,9 +20,11 @@ What repeats is measured once: cumulative k = 1 is the single top-1, the size-1
 controls of the first top neuron's layer are its single controls, and every distinct
 set goes through `ablate_sets` once per method (which shares each batch's clean prefix
 between all sets). Only ``zero`` runs by default; ``mean`` and ``range`` on request.
+What buys nothing is not run: a control's drop is all its z needs, so controls run on
+the concept test examples alone, and the top sets on every test example.
 
 ``drop`` = (base − ablated)/base of the mean confidence over concept test examples;
-``off_target_drop`` the same over non-concept test examples; ``z`` = (drop −
+``off_target_drop`` the same over non-concept test examples (null on control rows); ``z`` = (drop −
 mean random drop)/std random drop (ddof = 1) over the controls of the same size (and
 layer, for single rows). Random rows carry a leave-one-out z against the other
 controls of their size, which shows how often chance alone looks significant.
@@ -50,7 +52,7 @@ CONTROL_SIZES = (1, 2, 5, 10)
 DEFAULT_METHODS = ("zero",)
 
 __all__ = ["ABLATE_VERSION", "CONTROL_SIZES", "DEFAULT_METHODS", "METHODS", "MODES", "N_RANDOM",
-           "ablate_sets", "control_sizes", "distinct_sets", "parse_methods", "base_confidence",
+           "ablate_sets", "control_sizes", "distinct_sets", "split_sets", "parse_methods", "base_confidence",
            "relative_drop", "top_neurons", "neuron_stats", "random_controls", "ablation_rows",
            "run_ablations", "zscore"]
 
@@ -114,11 +116,20 @@ def distinct_sets(top: Sequence[Neuron], draws: Sequence[Sequence[Neuron]],
     """Every set the rows need, each once: top singles, top prefixes, the controls'
     prefixes at the control sizes, and the single controls of every layer."""
     uniq: dict[tuple, list[Neuron]] = {}
-    for s in ([[x] for x in top] + [list(top[:j]) for j in range(1, len(top) + 1)]
+    for s in ([[x] for x in top] + [list(top[:j]) for j in sizes]
               + [list(d[:j]) for d in draws for j in sizes]
               + [[x] for xs in singles.values() for x in xs]):
         uniq.setdefault(tuple(sorted(s)), s)
     return list(uniq.values())
+
+
+def split_sets(top: Sequence[Neuron], sets: Sequence[Sequence[Neuron]]
+               ) -> tuple[list[list[Neuron]], list[list[Neuron]]]:
+    """(the top singles and prefixes, the controls): the first are measured on every test
+    example (drop and off-target drop), the controls on the concept examples alone."""
+    mine = {tuple(sorted(s)) for s in [[x] for x in top] + [list(top[:j]) for j in range(1, len(top) + 1)]}
+    own = [list(s) for s in sets if tuple(sorted(s)) in mine]
+    return own, [list(s) for s in sets if tuple(sorted(s)) not in mine]
 
 
 def random_controls(top: Sequence[Neuron], n_neurons: Callable[[int], int], n_random: int, seed: int
@@ -195,11 +206,8 @@ def ablation_rows(method: str, metric: str, top: Sequence[Neuron], draws: Sequen
     single_null = {l: np.array([drops[key([x])][2] for x in xs]) for l, xs in singles.items()}
     for l, n in top:
         row("single", [(l, n)], 1, l, n, single_null[l])
-    for j in range(1, len(top) + 1):
+    for j in sorted(sizes):
         l, n = top[j - 1]
-        if j not in sizes:
-            row("cumulative", list(top[:j]), j, l, n)
-            continue
         null = np.array([drops[key(d[:j])][2] for d in draws])
         row("cumulative", list(top[:j]), j, l, n, null)
         for r, d in enumerate(draws):
@@ -242,22 +250,29 @@ def run_ablations(adapter: Adapter, probes: ProbeSet, store: Store, *, top_k: in
     values = ranges = None
     if any(m in ("mean", "range") for m in methods):
         values, ranges = neuron_stats(store, adapter.name, probes, layers, scores)
+    own, ctrl = split_sets(top, sets)
+    concept = [e for e, p in zip(test, pos) if p]
     bs = max(1, batch_size // 2)
-    total = len(test) * (1 + len(methods))
+    total = len(test) + len(methods) * ((len(test) if own else 0) + (len(concept) if ctrl else 0))
     rows: list[dict] = []
     stage = progress_stage(bars, "ablate", total)
     with stage as tick:
         base = base_confidence(adapter, conf, test, batch_size=bs)
         tick(len(test))
+        b_on = float(base[pos].mean())
         for method in methods:
-            abl = ablate_sets(adapter, conf, test, sets, method=method, values=values, ranges=ranges,
-                              batch_size=bs, replicas=replicas, progress=tick)
+            kw = dict(method=method, values=values, ranges=ranges, batch_size=bs, replicas=replicas,
+                      progress=tick)
             drops = {}
-            on = relative_drop(base[pos], abl[:, pos])
-            off = relative_drop(base[~pos], abl[:, ~pos])
-            for i, s in enumerate(sets):
-                drops[tuple(sorted(s))] = (float(base[pos].mean()), float(abl[i, pos].mean()),
-                                           float(on[i]), float(off[i]))
+            abl = ablate_sets(adapter, conf, test, own, **kw)
+            on, off = relative_drop(base[pos], abl[:, pos]), relative_drop(base[~pos], abl[:, ~pos])
+            for i, s in enumerate(own):
+                drops[tuple(sorted(s))] = (b_on, float(abl[i, pos].mean()), float(on[i]), float(off[i]))
+            # controls: only their drop enters a z, so only the concept examples are run
+            abl = ablate_sets(adapter, conf, concept, ctrl, **kw)
+            on = relative_drop(base[pos], abl)
+            for i, s in enumerate(ctrl):
+                drops[tuple(sorted(s))] = (b_on, float(abl[i].mean()), float(on[i]), None)
             rows += ablation_rows(method, conf.metric, top, draws, singles, drops, int(pos.sum()),
                                   csizes)
     for r in rows:

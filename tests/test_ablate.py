@@ -153,16 +153,20 @@ def test_pipeline_ablation_rows_on_planted_model(planted_run):
     for m in ("zero", "mean", "range"):
         mine = [r for r in rows if r["method"] == m]
         assert {r["mode"] for r in mine} == {"single", "cumulative", "random"}
-        assert sorted(r["k"] for r in mine if r["mode"] == "cumulative") == list(range(1, k + 1))
         sizes = ablate.control_sizes(k)
         assert k in sizes and 1 in sizes
+        # the curve is measured where it has controls: every point carries a z
+        assert sorted(r["k"] for r in mine if r["mode"] == "cumulative") == sizes
         for j in range(1, k + 1):
             n_random = sum(r["mode"] == "random" and r["k"] == j for r in mine)
-            cum = next(r for r in mine if r["mode"] == "cumulative" and r["k"] == j)
             if j in sizes:      # every z is against at least 20 random sets of the same layers
+                cum = next(r for r in mine if r["mode"] == "cumulative" and r["k"] == j)
                 assert n_random >= 20 and cum["z"] is not None
-            else:               # no controls where none were asked for, and no z
-                assert n_random == 0 and cum["z"] is None
+            else:               # no controls where none were asked for
+                assert n_random == 0
+        # controls run on the concept examples alone: their drop is all a z needs
+        assert all(r["off_target_drop"] is None for r in mine if r["mode"] == "random")
+        assert all(r["off_target_drop"] is not None for r in mine if r["mode"] != "random")
         assert all(r["metric"] == "target_prob" for r in mine)
     found = {(r["layer"], r["neuron"]) for r in rows if r["mode"] == "single"}
     assert found == set(pm.planted)
@@ -247,9 +251,13 @@ def test_control_sizes_methods_and_distinct_sets():
     sets = ablate.distinct_sets(top, draws, singles, ablate.control_sizes(len(top)))
     keys = [tuple(sorted(s)) for s in sets]
     assert len(keys) == len(set(keys))
-    # 6 top singles, 5 more prefixes (k = 1 is the top-1 single), 20 controls at sizes 2, 5
-    # and 6, 20 singles per layer (layer 0's are the draws' first neurons): each once
-    assert len(sets) == 6 + 5 + 20 * 3 + 20 * 3
+    # 6 top singles, the prefixes at sizes 2, 5 and 6 (k = 1 is the top-1 single), 20
+    # controls at sizes 2, 5 and 6, 20 singles per layer (layer 0's are the draws' first
+    # neurons): each once
+    assert len(sets) == 6 + 3 + 20 * 3 + 20 * 3
+    own, ctrl = ablate.split_sets(top, sets)
+    assert len(own) == 6 + 3 and len(ctrl) == 20 * 3 + 20 * 3
+    assert not {tuple(sorted(s)) for s in own} & {tuple(sorted(s)) for s in ctrl}
 
 
 def test_clean_prefix_puts_back_an_instance_forward(planted):
