@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install -c constraints.txt
 OUT    ?= neurolens-out
-MODELS ?= minilm
+MODELS ?= minilm,smollm2
 CONCEPTS ?= all
 ARGS   ?=
 

@@ -10,7 +10,10 @@ The job: mean-pooled MLP activations of every layer of a randomly initialised GP
 * NeuroLens: ``registry.load`` of a seeded random GPT-2 checkpoint with the same dims,
   ``pooled_activations`` over every layer (texts that tokenize to the same ids) and
   ``ScoreAccumulator`` (AUROC plus every other statistic), fp32 and bf16 compute.
-* bare: ``model.transformer(input_ids)`` of the NeuroLens model, no hooks (the limit).
+* bare: ``model.transformer(input_ids)`` of the NeuroLens model, no hooks (the limit): the
+  model as ``registry.load`` gives it, its layers on the same kernels (``kernels/fast.py``).
+* plain: the same checkpoint as a user of transformers loads it (``AutoModel``), no hooks:
+  torch's default kernels, for context (what the kernels of ``kernels/fast.py`` buy).
 * run / rundef: the user's path, the whole ``neurolens run --probes FILE`` (CLI entry point,
   in the job's process) on the same texts written as a probe file, once with
   ``--no-importance`` (the peer's job: extraction of every MLP neuron, pooled, and every
@@ -48,7 +51,8 @@ NAME = "peer"
 MODULE = "benchmarks.bench_peer"
 TARGETS = {"float32": 1.25, "bfloat16": 2.0, "bare": 0.9, "memory": 0.35}
 FULL = dict(model=common.GPT2_SMALL, n_words=4000, n_examples=2000, n_tokens=24, batch_size=32, reps=3,
-            jobs=("peer-float32", "run-float32", "rundef-float32", "bare-float32", "peergrad-float32",
+            jobs=("peer-float32", "run-float32", "rundef-float32", "bare-float32", "plain-float32",
+                  "peergrad-float32",
                   "neurolens-float32", "neurolens-bfloat16", "bare-bfloat16"))
 SMOKE = dict(model=common.GPT2_TINY, n_words=400, n_examples=64, n_tokens=24, batch_size=32, reps=1,
              jobs=("peer-float32", "neurolens-float32", "run-float32", "rundef-float32"))
@@ -251,6 +255,23 @@ def bare_job(job, ckpt: str, n_words: int, n_examples: int, n_tokens: int, batch
     job.done(tokens=int(ids.size), device=common.device_name(adapter.device))
 
 
+def plain_job(job, ckpt: str, n_words: int, n_examples: int, n_tokens: int, batch_size: int,
+              dtype: str = "float32"):
+    """The checkpoint's base model as transformers loads it: torch's own kernels, no hooks."""
+    import torch
+    from transformers import AutoModel
+
+    job.imported()
+    model = AutoModel.from_pretrained(ckpt, torch_dtype=getattr(torch, dtype)).eval()
+    ids, _ = common.token_ids(n_examples, n_tokens, n_words)
+    tokens = torch.from_numpy(ids)
+    job.ready()
+    with torch.inference_mode():
+        for s in range(0, n_examples, batch_size):
+            model(input_ids=tokens[s:s + batch_size])
+    job.done(tokens=int(ids.size), device=common.device_name("cpu"))
+
+
 # -- the benchmark -----------------------------------------------------------------------
 
 def have_peer() -> str | None:
@@ -300,6 +321,8 @@ def run(smoke: bool = False) -> dict:
                 elif who == "neurolens":
                     res = common.measure_job(f"{MODULE}:neurolens_job", ckpt=ckpt, dtype=dtype,
                                              check=smoke and r == 0, **common_kw)
+                elif who == "plain":
+                    res = common.measure_job(f"{MODULE}:plain_job", ckpt=here, dtype=dtype, **common_kw)
                 else:
                     res = common.measure_job(f"{MODULE}:bare_job", ckpt=here, dtype=dtype, **common_kw)
                 runs[j].append(res)
@@ -343,6 +366,11 @@ def run(smoke: bool = False) -> dict:
                 ratios[f"{pre}{who}_peak_delta_vs_peer"] = x["peak_delta_mb"] / pr["peak_delta_mb"]
             if bare:
                 ratios[f"{pre}{who}_vs_bare"] = tps[f"{pre}{who}-float32"] / tps[f"{pre}bare-float32"]
+            pg = rows.get(f"{pre}peergrad-float32")
+            if pg:   # the peer as run_with_cache is called by default (autograd on)
+                ratios[f"{pre}{who}_peak_total_vs_peergrad"] = x["peak_rss_mb"] / pg["peak_rss_mb"]
+            if rows.get(f"{pre}plain-float32"):
+                ratios[f"{pre}{who}_vs_plain"] = tps[f"{pre}{who}-float32"] / tps[f"{pre}plain-float32"]
     checks = [x.get("auc_max_abs_diff_vs_rank_auroc") for rs in runs.values() for x in rs]
     checks = [c for c in checks if c is not None]
     m = cfg["model"]
@@ -355,6 +383,7 @@ def run(smoke: bool = False) -> dict:
         "run_vs_peer >= 1.2": _ge(ratios.get("run_vs_peer"), 1.2),
         "run_vs_bare >= 0.9": _ge(ratios.get("run_vs_bare"), 0.9),
         "run_peak_total_vs_peer <= 0.35": _ge(0.35, ratios.get("run_peak_total_vs_peer")),
+        "run_peak_total_vs_peergrad <= 0.35": _ge(0.35, ratios.get("run_peak_total_vs_peergrad")),
         "rundef_vs_peer >= 0.8": _ge(ratios.get("rundef_vs_peer"), 0.8),
     }
     return {
@@ -384,6 +413,7 @@ LABELS = {"peer-float32": "TransformerLens run_with_cache + rank AUROC (fp32, un
           "neurolens-float32": "NeuroLens pooled_activations + ScoreAccumulator (fp32)",
           "neurolens-bfloat16": "NeuroLens pooled_activations + ScoreAccumulator (bf16)",
           "bare-float32": "bare forward, no hooks (fp32)", "bare-bfloat16": "bare forward, no hooks (bf16)",
+          "plain-float32": "transformers' own forward as a user loads it, no hooks (fp32)",
           "run-float32": "`neurolens run --no-importance` (fp32; the peer's job)",
           "rundef-float32": "`neurolens run` as by default (fp32; importance on)",
           "llama_peer-float32": "Llama (SmolLM2 dims): TransformerLens run_with_cache + rank AUROC",

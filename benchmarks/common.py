@@ -30,7 +30,7 @@ _MARK = "@@bench-job@@ "
 def machine() -> dict:
     """The machine a result was measured on, with its load at the time."""
     info: dict = {"platform": platform.platform(), "python": platform.python_version(),
-                  "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+                  "processor": cpu_model(), "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags()}
     try:
         info["load_avg_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
     except OSError:
@@ -48,6 +48,28 @@ def machine() -> dict:
         if torch.cuda.is_available():
             info["accelerator"] = torch.cuda.get_device_name(0)
     return info
+
+
+def _cpuinfo(key: str) -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.split(":")[0].strip() == key:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (figures from one CPU say nothing about another)."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """The ISA extensions that change the dense kernels' speed: AVX-512, its bf16, AMX."""
+    have = set((_cpuinfo("flags") or "").split())
+    return sorted(have & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni"})
 
 
 def versions(*packages: str) -> dict:

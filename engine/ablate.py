@@ -45,7 +45,7 @@ from neurolens.probes.types import Example, ProbeSet
 from neurolens.store import SCHEMAS, Store, read_layer, read_table
 from neurolens.store.top import top_order
 
-ABLATE_VERSION = 2
+ABLATE_VERSION = 3
 MODES = ("single", "cumulative", "random")
 N_RANDOM = 20
 CONTROL_SIZES = (1, 2, 5, 10)

@@ -116,6 +116,9 @@ class ExtractStats:
     n_examples: int
     tokens: int
     seconds: float
+    #: {layer: (example_ids, acts [n, N] fp16)} sorted by id, exactly as published, when this
+    #: process extracted every row: scoring takes them from memory instead of the store
+    acts: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
 
 
 def pooled_activations(adapter: Adapter, examples: Sequence[Example], layers: Sequence[int], *,
@@ -149,7 +152,10 @@ def pooled_activations(adapter: Adapter, examples: Sequence[Example], layers: Se
     n_rows = sum(b.size for _, _, b in batches)
     bufs = {l: torch.empty(n_rows, adapter.n_neurons(l), dtype=torch.float16, device=dev) for l in layers}
     rows = np.empty(n_rows, dtype=np.int64)
-    attr = {l: np.zeros((n, adapter.n_neurons(l)), dtype=np.float32) for l in layers} if grad.any() else {}
+    # attributions of the concept train rows only (row gpos[i] for example i)
+    gpos = np.cumsum(grad) - 1
+    attr = {l: np.zeros((int(grad.sum()), adapter.n_neurons(l)), dtype=np.float32)
+            for l in layers} if grad.any() else {}
     state: dict = {}
 
     def grab(layer: int, out: torch.Tensor) -> torch.Tensor | None:
@@ -178,7 +184,7 @@ def pooled_activations(adapter: Adapter, examples: Sequence[Example], layers: Se
                 else:
                     a_ = batch_attributions(b, state["z"], state["a"], conf(b), layers)
                     for l in layers:
-                        attr[l][gidx] = a_[l]
+                        attr[l][gpos[gidx]] = a_[l]
         else:
             with torch.inference_mode(), on_sites(adapter, layers, grab,
                                                   stop_after=None if kind == "feat" else layers[-1]):
@@ -199,10 +205,10 @@ def pooled_activations(adapter: Adapter, examples: Sequence[Example], layers: Se
         with torch.enable_grad():
             a_ = batch_attributions(b, zs, acts, conf.readout(f, b.labels), layers)
         for l in layers:
-            attr[l][gidx] = a_[l]
+            attr[l][gpos[gidx]] = a_[l]
         del zs, acts, f
     if in_pass is not None and attr:
-        in_pass.result = {l: np.abs(v[grad]).astype(np.float64).mean(0) for l, v in attr.items()}
+        in_pass.result = {l: np.abs(v).astype(np.float64).mean(0) for l, v in attr.items()}
     return rows, bufs, tokens
 
 
@@ -232,11 +238,15 @@ def extract(adapter: Adapter, probes: ProbeSet, store: Store, *, layers: Sequenc
     order = np.argsort(ids, kind="stable")
     # every process writes its own files into one staging folder per layer; rank 0 publishes
     stage_root = store.root / "_staging" / f"run-{run_id}"
+    kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for l in todo:
         d = stage_root / f"layer={l}"
         d.mkdir(parents=True, exist_ok=True)
-        acts = bufs[l].cpu().numpy()  # only pooled fp16 crosses to the host
-        write_parquet(acts_table(ids[order], acts[order], run_id), d / f"part-{run_id}-r{shard.rank}.parquet")
+        acts = bufs.pop(l).cpu().numpy()[order]  # only pooled fp16 crosses to the host
+        write_parquet(acts_table(ids[order], acts, run_id), d / f"part-{run_id}-r{shard.rank}.parquet",
+                      dense="acts")
+        if shard.world == 1:
+            kept[l] = (ids[order], acts)
     shard.barrier()
     tokens = shard.total(tokens)    # every process's share, for the runs row
     if shard.main:
@@ -245,4 +255,4 @@ def extract(adapter: Adapter, probes: ProbeSet, store: Store, *, layers: Sequenc
                           key=layer_key(msha, probes.sha, l, pooling, dtype), run_id=run_id,
                           extra={"world_size": shard.world, "n_neurons": adapter.n_neurons(l)})
         shutil.rmtree(stage_root, ignore_errors=True)
-    return ExtractStats(todo, len(probes.examples), tokens, time.perf_counter() - t0)
+    return ExtractStats(todo, len(probes.examples), tokens, time.perf_counter() - t0, kept or None)

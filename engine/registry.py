@@ -186,10 +186,10 @@ def load(name: str, *, device: str | None = None, dtype: str = "float32",
 
 
 def _fast(adapter: Adapter) -> Adapter:
-    """Dense layers on oneDNN where they run in fp32 on the CPU (`kernels.linear`)."""
-    from neurolens.kernels.linear import use_onednn
+    """The model's layers on faster kernels of the same functions (`kernels.fast`)."""
+    from neurolens.kernels.fast import use_fast_kernels
 
-    use_onednn(adapter.model)
+    use_fast_kernels(adapter.model)
     return adapter
 
 

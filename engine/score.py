@@ -3,7 +3,7 @@ importance from the model, and publish the `scores` partition."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,10 +86,13 @@ def inference(probes: ProbeSet) -> Inference:
 
 def score_layers(store: Store, model: str, probes: ProbeSet, layers: Sequence[int], *,
                  backend: str = "auto", device: str | None = None, probe_k: int = PROBE_K,
-                 progress: Callable[[int], None] | None = None) -> ScoreAccumulator:
+                 progress: Callable[[int], None] | None = None,
+                 acts: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None) -> ScoreAccumulator:
     """One streaming pass: each layer's train rows, in column chunks, into the accumulator.
     The test rows of the same columns only feed the replication columns. On an accelerator
-    (`device="cuda"`) each chunk goes to it and the torch kernels run there."""
+    (`device="cuda"`) each chunk goes to it and the torch kernels run there. `acts` holds
+    layers the extraction just published ({layer: (ids, acts)} as `read_layer` gives
+    them): those are not read back from the store."""
     ex_ids, is_train, ex_labels, ex_grp = example_arrays(probes)
     acc = ScoreAccumulator(backend=backend, probe_k=probe_k)
     cuda = device is not None and str(device).startswith("cuda")
@@ -102,12 +105,12 @@ def score_layers(store: Store, model: str, probes: ProbeSet, layers: Sequence[in
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
     for l in layers:
-        ids, acts = read_layer(store, model, probes.concept, l)
+        ids, a = acts[l] if acts is not None and l in acts else read_layer(store, model, probes.concept, l)
         pos = np.searchsorted(ex_ids, ids)
         train = is_train[pos]
         labels, groups = ex_labels[pos][train], ex_grp[pos][train]
         t_labels, t_groups = ex_labels[pos][~train], ex_grp[pos][~train]
-        x, xt = acts[train], acts[~train]
+        x, xt = a[train], a[~train]
         for s in range(0, x.shape[1], CHUNK):
             test = (put(xt[:, s:s + CHUNK]), t_labels, t_groups) if len(t_labels) else None
             acc.add(l, put(x[:, s:s + CHUNK]), labels, groups=groups, neuron_offset=s, test=test)

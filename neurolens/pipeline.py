@@ -182,12 +182,13 @@ def _stages(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Store, sh
     else:
         with bars.stage("score", len(layers)) as tick:
             acc = score_layers(store, adapter.name, probes, layers, device=str(adapter.device),
-                               progress=tick)
+                               progress=tick, acts=stats.acts)
         imp = None
         if cfg.importance:
             conf, imp = _importance(adapter, probes, layers, cfg, bars, in_pass)
         write_scores(store, adapter.name, probes.concept, acc, imp, adapter.n_layers, key=skey,
                      run_id=run_id)
+    stats.acts = None       # the extracted activations are the scores' alone
     res.seconds["score"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

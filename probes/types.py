@@ -49,12 +49,19 @@ class ProbeSet:
 
     @property
     def sha(self) -> str:
+        """The content hash. Examples are frozen, so it is computed once for the same
+        example objects (a run asks for it at every stage; 2,000 examples take 0.1 s)."""
+        key = (self.concept, self.modality, tuple(map(id, self.examples)))
+        memo = self.__dict__.get("_sha")
+        if memo is not None and memo[0] == key:
+            return memo[1]
         h = hashlib.sha256()
         h.update(f"{self.concept}\0{self.modality}\0".encode())
         for e in self.examples:
             h.update(json.dumps(asdict(e), sort_keys=True).encode())
             h.update(b"\n")
-        return h.hexdigest()[:16]
+        self.__dict__["_sha"] = (key, h.hexdigest()[:16])
+        return self.__dict__["_sha"][1]
 
     @property
     def n_pos(self) -> int:

@@ -287,10 +287,20 @@ def _held(lock: Path) -> bool:
     return False
 
 
-def write_parquet(table: pa.Table, path: Path) -> None:
-    """Write and fsync, so a rename after it never publishes an empty file."""
+def write_parquet(table: pa.Table, path: Path, *, dense: str | None = None) -> None:
+    """Write and fsync, so a rename after it never publishes an empty file.
+
+    `dense` names a column of raw numbers (the pooled fp16 activations): it is written
+    plain, without compression, a dictionary or statistics, none of which it gains from
+    (zstd shrinks it 1.06x) and which made its writing 7x slower (0.53 s against 0.07 s for
+    2,000 x 3,072 values)."""
+    kw: dict = {"compression": "zstd"}
+    if dense is not None:
+        rest = [f.name for f in table.schema if f.name != dense]
+        kw = {"compression": {c: "zstd" for c in rest} | {dense: "none"}, "use_dictionary": rest,
+              "write_statistics": rest}
     try:
-        pq.write_table(table, path, compression="zstd")
+        pq.write_table(table, path, **kw)
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)

@@ -18,6 +18,8 @@ from neurolens.errors import NeuroLensError, first_line
 
 #: a sweep validates what it finds unless told --no-ablate
 ABLATE_DEFAULT = True
+#: the two models that load offline: an encoder and a decoder
+DEFAULT_MODELS = "minilm,smollm2"
 
 
 def config(args: argparse.Namespace, model: str, concept: str | None):
@@ -30,8 +32,9 @@ def add_parser(sub) -> None:
                                    "already in the store are skipped, so an interrupted sweep "
                                    "resumes when run again; a model that fails to load is "
                                    "reported and the sweep goes on (exit status 1).")
-    p.add_argument("--models", default="minilm",
-                   help="all, or a comma-separated list of names or checkpoint folders (default minilm)")
+    p.add_argument("--models", default=DEFAULT_MODELS,
+                   help="all, or a comma-separated list of names or checkpoint folders "
+                        f"(default {DEFAULT_MODELS}: the embedded encoder and decoder)")
     p.add_argument("--concepts", default="all",
                    help="all, or a comma-separated list of built-in concepts (default all)")
     add_common(p)

@@ -1,14 +1,15 @@
-"""Dense layers on oneDNN (kernels/linear.py): the same products as torch's, a correct
-input gradient, and torch's own path wherever oneDNN does not apply."""
+"""The model's layers on faster kernels (kernels/fast.py). Dense layers on oneDNN: the same
+products as torch's, a correct input gradient, and torch's own path wherever oneDNN does not
+apply; GPT-2's GELU fused."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from neurolens.kernels import linear as lin
+from neurolens.kernels import fast as lin
 
-pytestmark = pytest.mark.skipif(not lin.available(), reason="this torch build has no oneDNN linear kernel")
+needs_onednn = pytest.mark.skipif(not lin.available(), reason="this torch build has no oneDNN linear kernel")
 
 
 def _model():
@@ -18,6 +19,7 @@ def _model():
     return nn.Sequential(nn.Linear(24, 40), nn.GELU(), Conv1D(16, 40), nn.Linear(16, 8, bias=False))
 
 
+@needs_onednn
 def test_switched_layers_equal_a_float64_reference():
     m = _model().requires_grad_(False)
     ref = _model().double()
@@ -30,6 +32,7 @@ def test_switched_layers_equal_a_float64_reference():
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
 
 
+@needs_onednn
 def test_input_gradient_matches_torch():
     m, plain = _model(), _model()
     for p in list(m.parameters()) + list(plain.parameters()):
@@ -42,6 +45,7 @@ def test_input_gradient_matches_torch():
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-4, atol=1e-5)
 
 
+@needs_onednn
 def test_torch_path_where_onednn_does_not_apply(monkeypatch):
     m = _model().requires_grad_(False)      # frozen, as every adapter leaves its model
     lin.use_onednn(m)
@@ -67,3 +71,17 @@ def test_switched_off_by_environment(monkeypatch):
     assert not lin.available()
     m = _model()
     assert lin.use_onednn(m) == 0 and type(m[0]) is nn.Linear
+
+
+def test_fused_gelu_equals_gpt2s_and_a_float64_reference():
+    import math
+
+    from transformers.activations import NewGELUActivation
+
+    m = nn.Sequential(nn.Linear(8, 8), NewGELUActivation()).requires_grad_(False)
+    slow = NewGELUActivation()
+    assert lin.use_fast_kernels(m)["gelu"] == 1 and isinstance(m[1], NewGELUActivation)
+    x = torch.randn(64, 300) * 4
+    ref = 0.5 * x.double() * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x.double() + 0.044715 * x.double() ** 3)))
+    torch.testing.assert_close(m[1](x).double(), ref, rtol=0, atol=2e-6)
+    torch.testing.assert_close(m[1](x), slow(x), rtol=0, atol=2e-6)

@@ -1,4 +1,11 @@
-"""Dense layers on the CPU through oneDNN instead of the BLAS behind `torch.addmm`.
+"""The model's own layers on faster kernels: the same functions, computed in fewer passes.
+
+* Dense layers on the CPU through oneDNN instead of the BLAS behind `torch.addmm`.
+* GPT-2's tanh-approximated GELU (transformers' `NewGELUActivation`, five elementwise
+  passes written in Python) as torch's one fused kernel of the same formula; both are
+  within 5e-7 of a float64 reference.
+
+Dense layers:
 
 Every forward NeuroLens runs (extraction, importance, ablation) spends most of its time in
 the model's dense layers. On the CPU, torch sends an fp32 `nn.Linear` to MKL's sgemm,
@@ -22,7 +29,7 @@ import types
 import torch
 from torch import nn
 
-__all__ = ["available", "use_onednn"]
+__all__ = ["available", "use_fast_kernels", "use_onednn"]
 
 
 def _op():
@@ -109,3 +116,31 @@ def use_onednn(model: nn.Module) -> int:
             # was added: point it at this class's, so offloaded layers run the same kernel
             m._old_forward = types.MethodType(type(m).forward, m)
     return n
+
+
+@functools.lru_cache(maxsize=1)
+def _gelu_classes():
+    try:
+        from transformers.activations import NewGELUActivation
+    except Exception:  # noqa: BLE001
+        return None, None
+
+    class _FusedNewGELU(NewGELUActivation):
+        """0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) in one kernel."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return nn.functional.gelu(x, approximate="tanh")
+
+    return NewGELUActivation, _FusedNewGELU
+
+
+def use_fast_kernels(model: nn.Module) -> dict[str, int]:
+    """Dense layers on oneDNN (CPU, fp32) and the tanh GELU fused; how many of each."""
+    slow, fused = _gelu_classes()
+    n_gelu = 0
+    if slow is not None:
+        for m in model.modules():
+            if type(m) is slow:
+                m.__class__ = fused
+                n_gelu += 1
+    return {"dense": use_onednn(model), "gelu": n_gelu}
