@@ -23,6 +23,7 @@ it off.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import types
 
@@ -79,21 +80,26 @@ class _OneDNNLinear(nn.Linear):
         return super().forward(x) if y is None else y
 
 
-@functools.lru_cache(maxsize=1)
-def _conv1d_class():
+def _conv1d_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """transformers' Conv1D (x W + b, W: [in, out]) on oneDNN."""
+    y = _dense(x, self.weight.t(), self.bias)
+    return super(type(self), self).forward(x) if y is None else y
+
+
+def _fused_gelu_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) in one kernel."""
+    return nn.functional.gelu(x, approximate="tanh")
+
+
+@functools.lru_cache(maxsize=None)
+def _swap(module: str, name: str, forward) -> tuple[type | None, type | None]:
+    """(transformers' class `module.name`, its subclass with `forward`), or Nones when
+    this transformers has no such class."""
     try:
-        from transformers.pytorch_utils import Conv1D
+        base = getattr(importlib.import_module(module), name)
     except Exception:  # noqa: BLE001
         return None, None
-
-    class _OneDNNConv1D(Conv1D):
-        """transformers' Conv1D (x W + b, W: [in, out]) on oneDNN."""
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            y = _dense(x, self.weight.t(), self.bias)
-            return super().forward(x) if y is None else y
-
-    return Conv1D, _OneDNNConv1D
+    return base, type(f"_Fast{name}", (base,), {"forward": forward, "__doc__": forward.__doc__})
 
 
 def use_onednn(model: nn.Module) -> int:
@@ -101,7 +107,7 @@ def use_onednn(model: nn.Module) -> int:
     many were switched (0 when oneDNN is not available)."""
     if not available():
         return 0
-    conv, conv_fast = _conv1d_class()
+    conv, conv_fast = _swap("transformers.pytorch_utils", "Conv1D", _conv1d_forward)
     n = 0
     for m in model.modules():
         if type(m) is nn.Linear:
@@ -118,25 +124,9 @@ def use_onednn(model: nn.Module) -> int:
     return n
 
 
-@functools.lru_cache(maxsize=1)
-def _gelu_classes():
-    try:
-        from transformers.activations import NewGELUActivation
-    except Exception:  # noqa: BLE001
-        return None, None
-
-    class _FusedNewGELU(NewGELUActivation):
-        """0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) in one kernel."""
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return nn.functional.gelu(x, approximate="tanh")
-
-    return NewGELUActivation, _FusedNewGELU
-
-
 def use_fast_kernels(model: nn.Module) -> dict[str, int]:
     """Dense layers on oneDNN (CPU, fp32) and the tanh GELU fused; how many of each."""
-    slow, fused = _gelu_classes()
+    slow, fused = _swap("transformers.activations", "NewGELUActivation", _fused_gelu_forward)
     n_gelu = 0
     if slow is not None:
         for m in model.modules():

@@ -72,6 +72,16 @@ def test_extract_matches_plain_forward(family, planted_factory, tmp_path):
         ids, acts = read_layer(store, adapter.name, pm.probes.concept, l)
         assert acts.shape == (n, adapter.n_neurons(l)) and acts.dtype == np.float16
         assert np.array_equal(ids, np.arange(n))
+        # what scoring takes from memory is exactly what was published
+        held_ids, held = st.acts[l]
+        assert np.array_equal(held_ids, ids) and np.array_equal(held, acts)
+    # the activations are written plain, the other columns compressed
+    import pyarrow.parquet as pq
+
+    f = next((store.root / "activations").rglob("*.parquet"))
+    meta = pq.ParquetFile(f).metadata.row_group(0)
+    kinds = {meta.column(i).path_in_schema: meta.column(i).compression for i in range(meta.num_columns)}
+    assert kinds["acts.list.element"] == "UNCOMPRESSED" and kinds["example_id"] == "ZSTD"
     # one neuron, a few examples, against the plain recomputation (single-example batches:
     # causal GPT-2 ignores right padding anyway, but this keeps the reference simple)
     checks = [l for l in stage_last_block(adapter) if l in layers][:2]
