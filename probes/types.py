@@ -51,17 +51,19 @@ class ProbeSet:
     def sha(self) -> str:
         """The content hash. Examples are frozen, so it is computed once for the same
         example objects (a run asks for it at every stage; 2,000 examples take 0.1 s)."""
-        key = (self.concept, self.modality, tuple(map(id, self.examples)))
-        memo = self.__dict__.get("_sha")
-        if memo is not None and memo[0] == key:
-            return memo[1]
+        memo = self.__dict__.get("_sha")    # (concept, modality, the examples themselves, sha)
+        if (memo is not None and memo[:2] == (self.concept, self.modality)
+                and len(memo[2]) == len(self.examples)
+                and all(a is b for a, b in zip(memo[2], self.examples))):
+            return memo[3]
         h = hashlib.sha256()
         h.update(f"{self.concept}\0{self.modality}\0".encode())
         for e in self.examples:
             h.update(json.dumps(asdict(e), sort_keys=True).encode())
             h.update(b"\n")
-        self.__dict__["_sha"] = (key, h.hexdigest()[:16])
-        return self.__dict__["_sha"][1]
+        # the memo holds the examples, so none of them can be freed and another take its place
+        self.__dict__["_sha"] = (self.concept, self.modality, tuple(self.examples), h.hexdigest()[:16])
+        return self.__dict__["_sha"][3]
 
     @property
     def n_pos(self) -> int:

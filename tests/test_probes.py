@@ -516,3 +516,18 @@ def test_cli_concepts_json() -> None:
     rows = json.loads(out)
     assert sum(r["modality"] == "text" for r in rows) >= 16
     assert sum(r["modality"] == "vision" for r in rows) >= 6
+
+
+def test_sha_follows_the_examples() -> None:
+    """The hash is memoised for the same example objects, and changes with them."""
+    from dataclasses import replace
+
+    p = load_concept("royalty")
+    first = p.sha
+    assert p.sha == first
+    p.examples = [replace(e, label=1 - e.label) if i == 0 else e for i, e in enumerate(p.examples)]
+    assert p.sha != first
+    p.examples[0] = replace(p.examples[0], label=1 - p.examples[0].label)   # in place, back again
+    assert p.sha == first
+    p.concept = "crowns"
+    assert p.sha != first
