@@ -116,20 +116,31 @@ def distinct_sets(top: Sequence[Neuron], draws: Sequence[Sequence[Neuron]],
     """Every set the rows need, each once: top singles, top prefixes, the controls'
     prefixes at the control sizes, and the single controls of every layer."""
     uniq: dict[tuple, list[Neuron]] = {}
-    for s in ([[x] for x in top] + [list(top[:j]) for j in sizes]
-              + [list(d[:j]) for d in draws for j in sizes]
+    for s in (_top_sets(top, sizes) + [list(d[:j]) for d in draws for j in sizes]
               + [[x] for xs in singles.values() for x in xs]):
-        uniq.setdefault(tuple(sorted(s)), s)
+        uniq.setdefault(_key(s), s)
     return list(uniq.values())
+
+
+def _key(s: Sequence[Neuron]) -> tuple:
+    return tuple(sorted(s))
+
+
+def _top_sets(top: Sequence[Neuron], sizes) -> list[list[Neuron]]:
+    """The top singles and the top prefixes at `sizes`."""
+    return [[x] for x in top] + [list(top[:j]) for j in sizes]
 
 
 def split_sets(top: Sequence[Neuron], sets: Sequence[Sequence[Neuron]]
                ) -> tuple[list[list[Neuron]], list[list[Neuron]]]:
     """(the top singles and prefixes, the controls): the first are measured on every test
     example (drop and off-target drop), the controls on the concept examples alone."""
-    mine = {tuple(sorted(s)) for s in [[x] for x in top] + [list(top[:j]) for j in range(1, len(top) + 1)]}
-    own = [list(s) for s in sets if tuple(sorted(s)) in mine]
-    return own, [list(s) for s in sets if tuple(sorted(s)) not in mine]
+    mine = {_key(s) for s in _top_sets(top, range(1, len(top) + 1))}
+    own: list[list[Neuron]] = []
+    ctrl: list[list[Neuron]] = []
+    for s in sets:
+        (own if _key(s) in mine else ctrl).append(list(s))
+    return own, ctrl
 
 
 def random_controls(top: Sequence[Neuron], n_neurons: Callable[[int], int], n_random: int, seed: int
@@ -267,12 +278,12 @@ def run_ablations(adapter: Adapter, probes: ProbeSet, store: Store, *, top_k: in
             abl = ablate_sets(adapter, conf, test, own, **kw)
             on, off = relative_drop(base[pos], abl[:, pos]), relative_drop(base[~pos], abl[:, ~pos])
             for i, s in enumerate(own):
-                drops[tuple(sorted(s))] = (b_on, float(abl[i, pos].mean()), float(on[i]), float(off[i]))
+                drops[_key(s)] = (b_on, float(abl[i, pos].mean()), float(on[i]), float(off[i]))
             # controls: only their drop enters a z, so only the concept examples are run
             abl = ablate_sets(adapter, conf, concept, ctrl, **kw)
             on = relative_drop(base[pos], abl)
             for i, s in enumerate(ctrl):
-                drops[tuple(sorted(s))] = (b_on, float(abl[i].mean()), float(on[i]), None)
+                drops[_key(s)] = (b_on, float(abl[i].mean()), float(on[i]), None)
             rows += ablation_rows(method, conf.metric, top, draws, singles, drops, int(pos.sum()),
                                   csizes)
     for r in rows:
