@@ -236,6 +236,7 @@ def extract(adapter: Adapter, probes: ProbeSet, store: Store, *, layers: Sequenc
                                             in_pass=in_pass)
     ids = np.array([probes.examples[i].example_id for i in rows], dtype=np.int64)
     order = np.argsort(ids, kind="stable")
+    ids = ids[order]
     # every process writes its own files into one staging folder per layer; rank 0 publishes
     stage_root = store.root / "_staging" / f"run-{run_id}"
     kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -243,10 +244,10 @@ def extract(adapter: Adapter, probes: ProbeSet, store: Store, *, layers: Sequenc
         d = stage_root / f"layer={l}"
         d.mkdir(parents=True, exist_ok=True)
         acts = bufs.pop(l).cpu().numpy()[order]  # only pooled fp16 crosses to the host
-        write_parquet(acts_table(ids[order], acts, run_id), d / f"part-{run_id}-r{shard.rank}.parquet",
+        write_parquet(acts_table(ids, acts, run_id), d / f"part-{run_id}-r{shard.rank}.parquet",
                       dense="acts")
         if shard.world == 1:
-            kept[l] = (ids[order], acts)
+            kept[l] = (ids, acts)
     shard.barrier()
     tokens = shard.total(tokens)    # every process's share, for the runs row
     if shard.main:
