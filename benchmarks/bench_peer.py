@@ -262,14 +262,15 @@ def plain_job(job, ckpt: str, n_words: int, n_examples: int, n_tokens: int, batc
     from transformers import AutoModel
 
     job.imported()
-    model = AutoModel.from_pretrained(ckpt, torch_dtype=getattr(torch, dtype)).eval()
+    dev = _device()
+    model = AutoModel.from_pretrained(ckpt, torch_dtype=getattr(torch, dtype)).eval().to(dev)
     ids, _ = common.token_ids(n_examples, n_tokens, n_words)
-    tokens = torch.from_numpy(ids)
+    tokens = torch.from_numpy(ids).to(dev)
     job.ready()
     with torch.inference_mode():
         for s in range(0, n_examples, batch_size):
             model(input_ids=tokens[s:s + batch_size])
-    job.done(tokens=int(ids.size), device=common.device_name("cpu"))
+    job.done(tokens=int(ids.size), device=common.device_name(dev))
 
 
 # -- the benchmark -----------------------------------------------------------------------
