@@ -33,7 +33,9 @@ from torch import nn
 __all__ = ["available", "use_fast_kernels", "use_onednn"]
 
 
+@functools.cache
 def _op():
+    """torch's oneDNN linear (looked up once: every dense call of every forward asks)."""
     return getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 
 
