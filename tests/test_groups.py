@@ -105,3 +105,43 @@ def test_null_groups_few_discoveries(backend):
     naive = ScoreAccumulator(backend=backend)
     naive.add(0, x, y)                                # examples as units: many false findings
     assert (naive.finalize()["q_value"] < 0.05).mean() > 0.05
+
+
+@pytest.mark.parametrize("case", ["correlated", "separable", "constant"])
+def test_elastic_net_equals_sklearn(case):
+    """The probe's weights are the optimum of scikit-learn's own elastic-net objective:
+    equal to its saga run to a tight tolerance, in float64."""
+    from sklearn.linear_model import LogisticRegression
+
+    from neurolens.kernels.peers import C, L1_RATIO, elastic_net_weights
+
+    rng = np.random.default_rng(3)
+    n, k = 240, 60
+    x = rng.standard_normal((n, k)) + 0.8 * rng.standard_normal((n, 1))   # shared factor
+    y = (x[:, :4] @ [1.0, -0.7, 0.5, 0.3] + rng.standard_normal(n) > 0).astype(int)
+    if case == "separable":
+        x[:, 10] = np.where(y == 1, 3.0, -3.0) + 0.1 * rng.standard_normal(n)
+    if case == "constant":
+        x[:, 5] = 2.5                                 # no spread: weight 0, not NaN
+    w = elastic_net_weights(x.astype(np.float32), y)
+    xs = x.astype(np.float32).astype(np.float64)
+    sd = xs.std(0)
+    z = np.where(sd > 0, (xs - xs.mean(0)) / np.where(sd > 0, sd, 1), 0.0)
+    ref = LogisticRegression(l1_ratio=L1_RATIO, C=C, solver="saga", tol=1e-10, max_iter=100_000,
+                             random_state=0).fit(z, y)
+    ref_w = np.abs(ref.coef_.ravel())
+    assert np.isfinite(w).all() and (w > 0).sum() == (ref_w > 1e-9).sum()
+    np.testing.assert_allclose(w, ref_w, atol=2e-5)
+    assert set(np.argsort(-w)[:3]) == set(np.argsort(-ref_w)[:3])
+    if case == "separable":
+        assert np.argmax(w) == 10
+    if case == "constant":
+        assert w[5] == 0.0
+
+
+def test_elastic_net_degenerate():
+    from neurolens.kernels.peers import elastic_net_weights
+
+    x = np.random.default_rng(0).standard_normal((20, 4))
+    assert (elastic_net_weights(x, np.ones(20, int)) == 0).all()          # one class only
+    assert elastic_net_weights(x[:, :0], np.r_[np.ones(10), np.zeros(10)]).shape == (0,)
