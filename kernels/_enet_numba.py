@@ -110,8 +110,9 @@ def enet_logistic(zt, y, lam1, lam2, tol, max_outer, max_inner):
             for i in range(n):
                 s += wt[i] * zt[j, i] * zt[j, i]
             h[j] = s
-        # stop the inner loop when no step moves a gradient by more than tol / 10
-        inner_tol = (0.1 * tol) ** 2 / (h.max() + lam2 + sw)
+        # stop the inner loop when no step moves a gradient by more than a tenth of what is
+        # left to reach: loose while far from the optimum, tol / 10 near it (newGLMNET)
+        inner_tol = (0.1 * max(tol, 0.1 * viol)) ** 2 / (h.max() + lam2 + sw)
         full = True
         for _ in range(max_inner):
             change = 0.0
