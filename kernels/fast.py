@@ -4,6 +4,10 @@
 * GPT-2's tanh-approximated GELU (transformers' `NewGELUActivation`, five elementwise
   passes written in Python) as torch's one fused kernel of the same formula; both are
   within 5e-7 of a float64 reference.
+* The heap kept (`keep_heap`): glibc hands every block over its adaptive threshold back to
+  the kernel when torch frees it, so each forward faults its activations in again, page by
+  page (2.2 million page faults, about 8 % of a GPT-2-small extraction on a 2-core EPYC).
+  Blocks up to 32 MiB now stay in the process and are reused; peak RSS is unchanged.
 
 Dense layers:
 
@@ -30,7 +34,7 @@ import types
 import torch
 from torch import nn
 
-__all__ = ["available", "use_fast_kernels", "use_onednn"]
+__all__ = ["available", "keep_heap", "use_fast_kernels", "use_onednn"]
 
 
 @functools.cache
@@ -126,8 +130,32 @@ def use_onednn(model: nn.Module) -> int:
     return n
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3     # glibc's mallopt parameters
+HEAP_BLOCK = 32 << 20     # glibc's largest mmap threshold on 64-bit: blocks below it stay
+HEAP_TRIM = 256 << 20     # free memory kept at the heap's top before it is given back
+
+
+@functools.cache
+def keep_heap() -> bool:
+    """Keep freed activation blocks in the process (glibc only; once per process; set
+    NEUROLENS_HEAP=0 to leave the allocator alone). True when applied."""
+    if os.environ.get("NEUROLENS_HEAP", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        if not hasattr(libc, "mallopt") or not hasattr(libc, "gnu_get_libc_version"):
+            return False                                   # not glibc (musl, macOS)
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, HEAP_BLOCK)) and bool(
+            libc.mallopt(M_TRIM_THRESHOLD, HEAP_TRIM))
+    except Exception:  # noqa: BLE001 - any other platform keeps its allocator as it is
+        return False
+
+
 def use_fast_kernels(model: nn.Module) -> dict[str, int]:
-    """Dense layers on oneDNN (CPU, fp32) and the tanh GELU fused; how many of each."""
+    """Dense layers on oneDNN (CPU, fp32), the tanh GELU fused and the heap kept; how many
+    of each."""
     slow, fused = _swap("transformers.activations", "NewGELUActivation", _fused_gelu_forward)
     n_gelu = 0
     if slow is not None:
@@ -135,4 +163,4 @@ def use_fast_kernels(model: nn.Module) -> dict[str, int]:
             if type(m) is slow:
                 m.__class__ = fused
                 n_gelu += 1
-    return {"dense": use_onednn(model), "gelu": n_gelu}
+    return {"dense": use_onednn(model), "gelu": n_gelu, "heap": int(keep_heap())}

@@ -85,3 +85,51 @@ def test_fused_gelu_equals_gpt2s_and_a_float64_reference():
     ref = 0.5 * x.double() * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x.double() + 0.044715 * x.double() ** 3)))
     torch.testing.assert_close(m[1](x).double(), ref, rtol=0, atol=2e-6)
     torch.testing.assert_close(m[1](x), slow(x), rtol=0, atol=2e-6)
+
+
+_HEAP_PROBE = r"""
+import ctypes, json, sys
+class MI(ctypes.Structure):
+    _fields_ = [(f, ctypes.c_size_t) for f in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MI
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+from neurolens.kernels.fast import keep_heap
+kept = keep_heap()
+before = libc.mallinfo2()
+p = libc.malloc(16 << 20)          # an activation-sized block, as a forward allocates it
+ctypes.memset(p, 1, 16 << 20)
+during = libc.mallinfo2()
+libc.free(p)
+after = libc.mallinfo2()
+print(json.dumps({"kept": kept, "mmapped": during.hblkhd - before.hblkhd,
+                  "arena_after_free": after.arena - before.arena}))
+"""
+
+
+def _heap_probe(env: dict) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _HEAP_PROBE], env={**os.environ, **env},
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_heap_kept_in_the_process():
+    """With the heap kept, a 16 MiB block is served from the heap and stays there after its
+    free (a forward reuses it, no page faults); with NEUROLENS_HEAP=0 glibc maps it and
+    hands it back to the kernel."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    if not (hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallinfo2")):
+        pytest.skip("not glibc >= 2.33")
+    on, off = _heap_probe({"NEUROLENS_HEAP": "1"}), _heap_probe({"NEUROLENS_HEAP": "0"})
+    assert on["kept"] and not off["kept"]
+    assert on["mmapped"] == 0 and on["arena_after_free"] >= 16 << 20
+    assert off["mmapped"] >= 16 << 20 and off["arena_after_free"] < 16 << 20
