@@ -214,7 +214,7 @@ def run(smoke: bool = False) -> dict:
         "group_test_only": {"name": "group-level p alone (cell means + t)",
                             "median_s": statistics.median(g_times), "runs_s": g_times},
         "group_vs_example": contender_s / example_s,
-        "peer_probe": {"name": f"elastic-net probe ranking (saga, best {cfg['probe_k']} by probeless)",
+        "peer_probe": {"name": f"elastic-net probe ranking (proximal Newton, best {cfg['probe_k']} by probeless)",
                        "seconds": probe_times[0]},
         "baseline": {"name": "sklearn roc_auc_score per neuron (AUC only)",
                      "sampled_neurons": sample, "sample_median_s": statistics.median(base_times),

@@ -89,7 +89,6 @@ def enet_logistic(zt, y, lam1, lam2, tol, max_outer, max_inner):
     h = np.zeros(k)
     active = np.zeros(k, np.bool_)
     viol = np.inf
-    inner_tol = 0.0
     outer = 0
     for outer in range(max_outer):
         for i in range(n):
@@ -164,8 +163,7 @@ def enet_logistic(zt, y, lam1, lam2, tol, max_outer, max_inner):
         decrease += lam1 * (l1_new - l1_old)
         f0 = _objective(eta, y, w, lam1, lam2)
         t = 1.0
-        w_new = w + dw
-        eta_new = eta + deta
+        w_new, eta_new = w, eta
         for _ in range(30):
             w_new = w + t * dw
             eta_new = eta + t * deta

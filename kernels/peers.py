@@ -20,6 +20,7 @@ L1_RATIO = 0.5    # elastic-net mixing: half L1, half L2
 C = 0.05          # inverse penalty strength (sklearn's convention)
 MAX_ITER = 100    # proximal Newton steps at most (it converges in a handful)
 TOL = 1e-3        # largest violation of the optimality conditions, in summed-loss gradient units
+MAX_SWEEPS = 10_000   # coordinate-descent sweeps at most within one Newton step
 
 
 def probeless_score(mean_pos, mean_neg) -> np.ndarray:
@@ -93,5 +94,5 @@ def elastic_net_weights(x: np.ndarray, y: np.ndarray, *, l1_ratio: float = L1_RA
     # features as rows: each coordinate step reads one contiguous column of z
     zt = np.zeros((x.shape[1], x.shape[0]))
     zt[ok] = ((x64[:, ok] - mu[ok]) / sd[ok]).T
-    w, _, _, _ = enet_logistic(zt, y, l1_ratio / c, (1.0 - l1_ratio) / c, tol, max_iter, 10_000)
+    w, _, _, _ = enet_logistic(zt, y, l1_ratio / c, (1.0 - l1_ratio) / c, tol, max_iter, MAX_SWEEPS)
     return np.abs(w)
