@@ -6,6 +6,7 @@ batch a single process would run: the store's contents do not depend on world si
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import shutil
@@ -58,11 +59,23 @@ class Shard:
         def total(n: int) -> int:
             return int(sum(gather_object([int(n)])))
 
+        # a process that leaves with its gloo group alive can abort in the group's C++
+        # destructor ("terminate called without an active exception"); end it first, once
+        # per process, at exit: a sweep's runs share the group
+        atexit.unregister(_end_group)
+        atexit.register(_end_group)
         return cls(st.process_index, st.num_processes, st.wait_for_everyone, bcast, total)
 
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+
+def _end_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def model_sha(adapter: Adapter) -> str:
