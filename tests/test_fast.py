@@ -33,6 +33,21 @@ def test_switched_layers_equal_a_float64_reference():
 
 
 @needs_onednn
+def test_conv1d_weight_laid_out_for_onednn_same_parameter_and_values():
+    """oneDNN reads Conv1D's weight transposed: that view is made contiguous, nothing else
+    a user can see changes (shape, values, the Parameter itself, state_dict)."""
+    m = _model().requires_grad_(False)
+    w = m[2].weight
+    before = w.detach().clone()
+    assert not w.t().is_contiguous()
+    lin.use_onednn(m)
+    assert m[2].weight is w and isinstance(w, nn.Parameter)
+    assert w.shape == before.shape and torch.equal(w, before)
+    assert w.t().is_contiguous()
+    assert torch.equal(m.state_dict()["2.weight"], before)
+
+
+@needs_onednn
 def test_input_gradient_matches_torch():
     m, plain = _model(), _model()
     for p in list(m.parameters()) + list(plain.parameters()):
