@@ -18,9 +18,10 @@ about 135 GFLOP/s where oneDNN (also inside torch, with its own ISA detection) r
 same product at about 240 (on a 2-core Xeon both run at about 330). `use_onednn` switches a
 model's `nn.Linear` and transformers' `Conv1D` (GPT-2's layers) to oneDNN's fp32 kernel, in
 strict fp32 (no bf16 down-conversion): the results are the same products summed in another
-order, equal to rounding. A Conv1D keeps its weight as [in, out]; its storage is laid out
-so that the [out, in] matrix oneDNN reads is contiguous, or oneDNN would copy it on every
-call (on the Xeon that made GPT-2-small's forward 25 % slower than torch's own).
+order, equal to rounding. A Conv1D stores its weight as [in, out], whose transpose oneDNN
+copies on every call; whether that still beats torch's own product depends on the CPU (on
+the EPYC it does, on the Xeon it made GPT-2-small's forward 25 % slower than torch's own),
+so `conv1d_prefers_onednn` times both once per weight shape and the faster one is used.
 
 The switch is per call: a layer whose input is not an fp32 CPU tensor (an accelerator, a
 half-precision model, weights that accelerate moves in and out) takes torch's own path,
@@ -32,12 +33,13 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import time
 import types
 
 import torch
 from torch import nn
 
-__all__ = ["available", "keep_heap", "use_fast_kernels", "use_onednn"]
+__all__ = ["available", "conv1d_prefers_onednn", "keep_heap", "use_fast_kernels", "use_onednn"]
 
 
 @functools.cache
@@ -111,14 +113,33 @@ def _swap(module: str, name: str, forward) -> tuple[type | None, type | None]:
     return base, type(f"_Fast{name}", (base,), {"forward": forward, "__doc__": forward.__doc__})
 
 
-def _out_major(w: nn.Parameter) -> None:
-    """Lay a Conv1D weight ([in, out]) out so that its transpose, the [out, in] matrix
-    oneDNN reads, is contiguous: same shape, values and Parameter, other strides. On a
-    strided view oneDNN copies the weight on every call (half the speed of a 768 × 3072
-    product on a 2-core Xeon); BLAS reads either layout at full speed."""
-    if w.device.type == "cpu" and w.dim() == 2 and w.is_contiguous() and w.shape[0] > 1 and w.shape[1] > 1:
-        with torch.no_grad():
-            w.data = w.data.t().contiguous().t()
+def _best_of(f, reps: int = 3) -> float:
+    f()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+@functools.cache
+def conv1d_prefers_onednn(n_in: int, n_out: int) -> bool:
+    """Whether oneDNN beats torch's own `addmm` on this CPU for a Conv1D weight [n_in, n_out]
+    as transformers stores it, measured once per shape (a few milliseconds).
+
+    oneDNN reads the [out, in] transpose, a strided view, and copies it on every call:
+    on a 2-core EPYC it still wins (MKL's generic path is slower), on a 2-core Xeon it runs
+    at half MKL's speed. Re-laying the weight would cost a second copy of every weight in
+    memory (the first stays mapped from the checkpoint), so the faster kernel is chosen."""
+    torch.manual_seed(0)
+    x = torch.randn(256, n_in)
+    w = torch.randn(n_in, n_out) / n_in ** 0.5
+    b = torch.zeros(n_out)
+    with torch.no_grad():
+        t_blas = _best_of(lambda: torch.addmm(b, x, w))
+        t_dnn = _best_of(lambda: _op()(x, w.t(), b, "none", [], ""))
+    return t_dnn < t_blas
 
 
 def use_onednn(model: nn.Module) -> int:
@@ -131,9 +152,9 @@ def use_onednn(model: nn.Module) -> int:
     for m in model.modules():
         if type(m) is nn.Linear:
             m.__class__ = _OneDNNLinear
-        elif conv is not None and type(m) is conv:
+        elif (conv is not None and type(m) is conv and m.weight.dim() == 2
+              and conv1d_prefers_onednn(*m.weight.shape)):
             m.__class__ = conv_fast
-            _out_major(m.weight)
         else:
             continue
         n += 1

@@ -19,8 +19,14 @@ def _model():
     return nn.Sequential(nn.Linear(24, 40), nn.GELU(), Conv1D(16, 40), nn.Linear(16, 8, bias=False))
 
 
+@pytest.fixture
+def conv_on_onednn(monkeypatch):
+    """The Conv1D on oneDNN whatever this CPU measures, so that every path is tested."""
+    monkeypatch.setattr(lin, "conv1d_prefers_onednn", lambda *_: True)
+
+
 @needs_onednn
-def test_switched_layers_equal_a_float64_reference():
+def test_switched_layers_equal_a_float64_reference(conv_on_onednn):
     m = _model().requires_grad_(False)
     ref = _model().double()
     assert lin.use_onednn(m) == 3
@@ -33,22 +39,32 @@ def test_switched_layers_equal_a_float64_reference():
 
 
 @needs_onednn
-def test_conv1d_weight_laid_out_for_onednn_same_parameter_and_values():
-    """oneDNN reads Conv1D's weight transposed: that view is made contiguous, nothing else
-    a user can see changes (shape, values, the Parameter itself, state_dict)."""
+def test_conv1d_kernel_chosen_by_measuring_this_cpu(monkeypatch):
+    """A Conv1D goes to oneDNN only where oneDNN measured faster for its weight shape;
+    otherwise it stays transformers' own layer, with the same output."""
+    from transformers.pytorch_utils import Conv1D
+
+    asked = []
+    monkeypatch.setattr(lin, "conv1d_prefers_onednn", lambda *shape: asked.append(shape) or False)
     m = _model().requires_grad_(False)
-    w = m[2].weight
-    before = w.detach().clone()
-    assert not w.t().is_contiguous()
-    lin.use_onednn(m)
-    assert m[2].weight is w and isinstance(w, nn.Parameter)
-    assert w.shape == before.shape and torch.equal(w, before)
-    assert w.t().is_contiguous()
-    assert torch.equal(m.state_dict()["2.weight"], before)
+    assert lin.use_onednn(m) == 2
+    assert type(m[2]) is Conv1D and asked == [(40, 16)]
+    x = torch.randn(5, 7, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x).double(), _model().double()(x.double()), rtol=1e-5, atol=1e-5)
 
 
 @needs_onednn
-def test_input_gradient_matches_torch():
+def test_conv1d_measurement_once_per_shape():
+    lin.conv1d_prefers_onednn.cache_clear()
+    assert isinstance(lin.conv1d_prefers_onednn(64, 96), bool)
+    lin.conv1d_prefers_onednn(64, 96)
+    info = lin.conv1d_prefers_onednn.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
+
+
+@needs_onednn
+def test_input_gradient_matches_torch(conv_on_onednn):
     m, plain = _model(), _model()
     for p in list(m.parameters()) + list(plain.parameters()):
         p.requires_grad_(False)
@@ -61,7 +77,7 @@ def test_input_gradient_matches_torch():
 
 
 @needs_onednn
-def test_torch_path_where_onednn_does_not_apply(monkeypatch):
+def test_torch_path_where_onednn_does_not_apply(monkeypatch, conv_on_onednn):
     m = _model().requires_grad_(False)      # frozen, as every adapter leaves its model
     lin.use_onednn(m)
     calls = []
