@@ -132,14 +132,21 @@ def conv1d_prefers_onednn(n_in: int, n_out: int) -> bool:
     on a 2-core EPYC it still wins (MKL's generic path is slower), on a 2-core Xeon it runs
     at half MKL's speed. Re-laying the weight would cost a second copy of every weight in
     memory (the first stays mapped from the checkpoint), so the faster kernel is chosen."""
-    torch.manual_seed(0)
-    x = torch.randn(256, n_in)
-    w = torch.randn(n_in, n_out) / n_in ** 0.5
+    g = torch.Generator().manual_seed(0)     # the caller's random state stays as it was
+    x = torch.randn(256, n_in, generator=g)
+    w = torch.randn(n_in, n_out, generator=g) / n_in ** 0.5
     b = torch.zeros(n_out)
     with torch.no_grad():
         t_blas = _best_of(lambda: torch.addmm(b, x, w))
         t_dnn = _best_of(lambda: _op()(x, w.t(), b, "none", [], ""))
     return t_dnn < t_blas
+
+
+def _measured_for(w: torch.Tensor) -> bool:
+    """oneDNN for this Conv1D weight: only an fp32 weight on the CPU (or offloaded, moved
+    there per call) can take it, and only then is the choice worth timing."""
+    return (w.dim() == 2 and w.dtype == torch.float32 and w.device.type in ("cpu", "meta")
+            and conv1d_prefers_onednn(*w.shape))
 
 
 def use_onednn(model: nn.Module) -> int:
@@ -152,8 +159,7 @@ def use_onednn(model: nn.Module) -> int:
     for m in model.modules():
         if type(m) is nn.Linear:
             m.__class__ = _OneDNNLinear
-        elif (conv is not None and type(m) is conv and m.weight.dim() == 2
-              and conv1d_prefers_onednn(*m.weight.shape)):
+        elif conv is not None and type(m) is conv and _measured_for(m.weight):
             m.__class__ = conv_fast
         else:
             continue

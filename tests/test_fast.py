@@ -52,12 +52,19 @@ def test_conv1d_kernel_chosen_by_measuring_this_cpu(monkeypatch):
     x = torch.randn(5, 7, 24)
     with torch.no_grad():
         torch.testing.assert_close(m(x).double(), _model().double()(x.double()), rtol=1e-5, atol=1e-5)
+    asked.clear()
+    lin.use_onednn(_model().to(torch.bfloat16))      # a weight oneDNN's path never takes: not timed
+    assert asked == []
 
 
 @needs_onednn
 def test_conv1d_measurement_once_per_shape():
     lin.conv1d_prefers_onednn.cache_clear()
+    torch.manual_seed(7)
+    want = torch.rand(3)
+    torch.manual_seed(7)
     assert isinstance(lin.conv1d_prefers_onednn(64, 96), bool)
+    assert torch.equal(torch.rand(3), want)           # the caller's random state untouched
     lin.conv1d_prefers_onednn(64, 96)
     info = lin.conv1d_prefers_onednn.cache_info()
     assert (info.misses, info.hits) == (1, 1)
