@@ -26,14 +26,6 @@ class GatedDecoderAdapter(TextAdapter):
                    "phi3", "olmo2", "granite")
     head_classes = {"causal_lm": "AutoModelForCausalLM", "encoder": "AutoModel"}
 
-    @classmethod
-    def load(cls, ref: str, *, name: str, device: torch.device, dtype: torch.dtype,
-             local_only: bool, placement: dict | None = None) -> GatedDecoderAdapter:
-        adapter = super().load(ref, name=name, device=device, dtype=dtype, local_only=local_only,
-                               placement=placement)
-        adapter.model.config.use_cache = False   # replicas must not meet a key/value cache
-        return adapter
-
     def base(self) -> nn.Module:
         return getattr(self.model, "model", self.model)
 

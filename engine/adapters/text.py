@@ -59,6 +59,9 @@ class TextAdapter(Adapter):
             tok.pad_token = tok.eos_token or tok.unk_token
         tok.padding_side = "right"
         model.eval()
+        # nothing here decodes: a key/value cache only costs memory, and the ablation's
+        # replicas must not meet one
+        model.config.use_cache = False
         if placement:
             from neurolens.engine.placement import settle
 
