@@ -16,18 +16,25 @@ late layer does not pay for the early ones R times. Sets are grouped by their fi
 layer to make the most of it. Where no block stack is found the whole batch is
 replicated at the input, which gives the same numbers.
 
-Fan-out: where the adapter names the affine module that reads the neurons
-(`Adapter.neuron_readout`, the MLP's down-projection), even the block that holds the
-first ablated site runs once. Ablating neurons S of replica r changes that module's
-output by exactly -(a_S - v_S) W_S, a rank-|S| term, so its output becomes
-``out[None] - delta``, [R, B, T, H], which the residual add and LayerNorm after it
-broadcast; the block's output is flattened back to R·B rows. Cost per replica:
-B·T·|S|·H instead of a whole block. Where a site's output is the whole stream the next
-block reads (`Adapter.site_is_stream`: ResNet blocks), the site hook itself widens the
-batch from B to R·B rows, which gives the same saving with no correction term.
+Branching: where the adapter names the affine module that reads the neurons
+(`Adapter.neuron_readout`, the MLP's down-projection) for every ablated layer, no block
+runs a replica that another one would compute the same. Ablating neurons S of a set
+changes that module's output by exactly -(a_S - v_S) W_S, a rank-|S| term. So a chunk of
+sets is a tree: a node is a distinct history of ablations so far, the chunk starts as
+one clean node at its first ablated block, and a block that ablates layer l runs once
+per node, its readout's output becoming ``out[None] - delta`` ([m, B, T, H] for a node
+with m children: its sets' distinct l-ablations, none included), which the residual add
+and LayerNorm after it broadcast. Nodes with the same m run the block together. The
+random controls are nested (a draw's first j neurons for each control size j), so a
+draw's sets run as one replica until the first layer where they differ, and the first
+ablated block costs B·T·|S|·H per replica instead of a whole block. Where a site's
+output is the whole stream the next block reads (`Adapter.site_is_stream`: ResNet
+blocks), the site hook itself widens the batch from B to R·B rows, which gives the
+first block's saving with no correction term.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -159,15 +166,8 @@ def _clean_prefix(blocks: Sequence[nn.Module], cache: dict[int, Any]):
 @contextmanager
 def _replicate_at(blocks: Sequence[nn.Module], rows: int, r: int):
     """Repeat every batch-leading tensor entering these blocks r times (replica-major)."""
-    def rep(x):
-        if torch.is_tensor(x) and x.dim() >= 2 and x.shape[0] == rows:
-            return x.repeat(r, *([1] * (x.dim() - 1)))
-        if isinstance(x, tuple):
-            return tuple(rep(y) for y in x)
-        return x
-
     def pre(_mod, args, kwargs):
-        return tuple(rep(a) for a in args), {k: rep(v) for k, v in kwargs.items()}
+        return _repeat_rows(args, rows, r), {k: _repeat_rows(v, rows, r) for k, v in kwargs.items()}
 
     hs = [b.register_forward_pre_hook(pre, with_kwargs=True) for b in blocks]
     try:
@@ -204,45 +204,176 @@ def _readout_rows(adapter: Adapter, layer: int) -> tuple[nn.Module, torch.Tensor
     return (mod, w) if w.shape[0] == adapter.n_neurons(layer) else None
 
 
+class _Group:
+    """Parents of one branching block with the same number m of children: they run the
+    block together and leave it as m·g rows, child j of parent p getting the correction
+    for neurons `idx[j, p]` (`fix`; None where no child ablates anything here)."""
+
+    def __init__(self, parents: list[int], n_parents: int, m: int, fix: dict | None):
+        self.g, self.m, self.fix = len(parents), m, fix
+        self.parents = None if parents == list(range(n_parents)) else torch.tensor(parents)
+
+
+class _Branches:
+    """How one chunk of sets branches, block by block (module docstring: "Branching").
+
+    A node is a distinct history of ablations so far; each chunk starts as one clean node
+    at the input of its first ablated block. At a block that ablates layer l, a node's
+    children are the distinct l-ablations of its sets (none is a child too). After the
+    last such block every node is one set: `leaf[c]` is the row of the chunk's c-th set.
+    With ``share=False`` a set is a node of its own from its first ablation on (the cost of
+    fanning out the first ablated block alone; a switch for benchmarks)."""
+
+    def __init__(self, plan: _Plan, stack: _Stack, readouts: dict, sets: Sequence[NeuronSet],
+                 share: bool = True):
+        layer_at = {stack.at[l]: l for l in plan.layers}
+        used = sorted({int(l) for s in sets for l, _ in s})
+        self.start = min(stack.at[l] for l in used)
+        keys: list[tuple] = [()] * len(sets)
+        nodes: list[tuple] = [()]
+        self.steps: dict[int, tuple[int, list[_Group]]] = {}
+        for i in sorted(stack.at[l] for l in used):
+            l = layer_at[i]
+            adds = [tuple(sorted(n for ll, n in s if ll == l)) for s in sets]
+            kids: dict[tuple, dict[tuple, tuple]] = {p: {} for p in nodes}
+            for c, (k, a) in enumerate(zip(keys, adds)):
+                if a:
+                    keys[c] = k + ((l, a),) if share or k else ((l, a), ("set", c))
+                kids[k].setdefault(keys[c], a)
+            by_m: dict[int, list[int]] = {}
+            for pi, p in enumerate(nodes):
+                by_m.setdefault(len(kids[p]), []).append(pi)
+            groups, order = [], []
+            for m, pis in sorted(by_m.items()):
+                rows = [list(kids[nodes[pi]].items()) for pi in pis]
+                groups.append(_Group(pis, len(nodes), m,
+                                     _fix(plan, readouts[l], l, [[r[j][1] for r in rows] for j in range(m)])))
+                order += [r[j][0] for j in range(m) for r in rows]
+            self.steps[i] = (l, groups)
+            nodes = order
+        pos = {k: i for i, k in enumerate(nodes)}
+        self.leaf = [pos[k] for k in keys]
+        self.n_leaves = len(nodes)
+
+
+def _fix(plan: _Plan, readout: tuple[nn.Module, torch.Tensor], layer: int,
+         adds: list[list[tuple[int, ...]]]) -> dict | None:
+    """The correction tensors of one group: adds[j][p] = the neurons child j of parent p
+    ablates at `layer`. None if no child ablates anything."""
+    m, g = len(adds), len(adds[0])
+    k = max(len(a) for row in adds for a in row)
+    if k == 0:
+        return None
+    rows = readout[1]
+    idx = torch.zeros(m, g, k, dtype=torch.long)
+    valid = torch.zeros(m, g, k, dtype=torch.bool)
+    for j, row in enumerate(adds):
+        for p, a in enumerate(row):
+            idx[j, p, :len(a)] = torch.tensor(a, dtype=torch.long)
+            valid[j, p, :len(a)] = True
+    idx, valid = idx.to(rows.device), valid.to(rows.device)
+
+    def at(vec: torch.Tensor, fill: float) -> torch.Tensor:     # [m, g, k] -> [g, 1, 1, m, k]
+        v = torch.where(valid, vec.to(rows.device)[idx], torch.full((), fill, device=rows.device))
+        return v.permute(1, 0, 2)[:, None, None]
+    fix = dict(m=m, g=g, k=k, gather=idx.permute(1, 0, 2).reshape(g, m * k),
+               w=rows[idx].float() * valid[..., None], val=at(plan.values[layer], 0.0))
+    if plan.method == "range":
+        fix["lo"], fix["hi"] = at(plan.lo[layer], 0.0), at(plan.hi[layer], 0.0)
+    return fix
+
+
+def _correct(fix: dict, method: str, tokens: torch.Tensor | None, range_on: str,
+             acts: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The readout's output for every child: ``out - (a_S - v_S) W_S``, [m, g·B, T, H]."""
+    m, g, k = fix["m"], fix["g"], fix["k"]
+    n = acts.shape[-1]
+    flat = acts.reshape(g, -1, n)
+    a = flat.gather(2, fix["gather"][:, None, :].expand(g, flat.shape[1], m * k))
+    a = a.view(g, out.shape[0] // g, *out.shape[1:-1], m, k).float()          # [g, B, T, m, k]
+    d = a - fix["val"]
+    if method == "range":
+        lo, hi = fix["lo"], fix["hi"]
+        if range_on == "position":
+            d = d * ((a >= lo) & (a <= hi))
+        else:   # the example's pooled activation, as in `_hook`
+            p = _token_mean(a, tokens, axis=2)
+            d = d * ((p >= lo) & (p <= hi))
+    delta = torch.einsum("gbtmk,mgkh->mgbth", d, fix["w"])
+    y = out.view(g, -1, *out.shape[1:]).unsqueeze(0) - delta.to(out.dtype)
+    return y.reshape(m, g * y.shape[2], *out.shape[1:])
+
+
+def _repeat_rows(x: Any, rows: int, r: int) -> Any:
+    """x with every batch-leading tensor (first axis `rows`) repeated r times, replica-major."""
+    if r == 1:
+        return x
+    if torch.is_tensor(x) and x.dim() >= 2 and x.shape[0] == rows:
+        return x.repeat(r, *([1] * (x.dim() - 1)))
+    if isinstance(x, tuple):
+        return tuple(_repeat_rows(y, rows, r) for y in x)
+    return x
+
+
 @contextmanager
-def _fan_out(plan: _Plan, mask: torch.Tensor, layer: int, readout: tuple[nn.Module, torch.Tensor],
-             block: nn.Module, r: int, tokens: torch.Tensor | None, range_on: str):
-    """Run `block` once and leave it with r replicas: the readout's output minus each
-    replica's change (a_S - v_S) W_S, broadcast through the rest of the block."""
-    mod, rows = readout
-    k = int(mask.sum(1).max())
-    idx = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :k]     # [r, k]: S first
-    valid = torch.gather(mask, 1, idx)
-    w = rows[idx].float() * valid[..., None]                                    # [r, k, H]
-    val = plan.values[layer][idx]                                               # [r, k]
-    lo = plan.lo[layer][idx] if plan.lo is not None else None
-    hi = plan.hi[layer][idx] if plan.hi is not None else None
+def _branching(tree: _Branches, stack: _Stack, readouts: dict, rows: int, method: str,
+               tokens: torch.Tensor | None, range_on: str):
+    """Run the blocks from the chunk's first ablated one on its nodes: a block that
+    ablates a layer runs once per group of parents and its readout's output fans out to
+    the children; every other block runs on the rows it gets, with the batch's other
+    tensors (the attention mask, ...) repeated to match."""
+    live: dict[int, dict] = {}
 
-    def readout_hook(_mod, args, out):
-        a = args[0][..., idx].float()                                           # [B, T, r, k]
-        d = a - val
-        if plan.method == "range":
-            if range_on == "position":
-                d = d * ((a >= lo) & (a <= hi))
-            else:   # the example's pooled activation, as in `_hook`
-                p = _token_mean(a, tokens, axis=1)
-                d = d * ((p >= lo) & (p <= hi))
-        return out.unsqueeze(0) - torch.einsum("btrk,rkh->rbth", d, w).to(out.dtype)
+    def readout_hook(layer):
+        def hook(_mod, args, out):
+            fix = live.get(layer)
+            return None if fix is None else _correct(fix, method, tokens, range_on, args[0], out)
+        return hook
 
-    def flatten(x):   # [r, B, T, H] -> [r·B, T, H]; anything else the block returns stays
-        return x.reshape(r * x.shape[1], *x.shape[2:]) if x.dim() == 4 and x.shape[0] == r else x
+    def forward(orig, step, *args, **kw):
+        if args:
+            hidden, args = args[0], args[1:]
+        else:
+            hidden = kw.pop("hidden_states")
+        n = hidden.shape[0] // rows
+        rep = lambda r: ({k: _repeat_rows(v, rows, r) for k, v in kw.items()},  # noqa: E731
+                         _repeat_rows(args, rows, r))
+        if step is None:
+            k2, a2 = rep(n)
+            return orig(hidden, *a2, **k2)
+        layer, groups = step
+        outs, res = [], None
+        for grp in groups:
+            h = hidden if grp.parents is None else \
+                hidden.view(n, rows, *hidden.shape[1:])[grp.parents].reshape(grp.g * rows, *hidden.shape[1:])
+            k2, a2 = rep(grp.g)
+            live[layer] = grp.fix
+            try:
+                res = orig(h, *a2, **k2)
+            finally:
+                live.clear()
+            y = res[0] if isinstance(res, tuple) else res
+            outs.append(y.reshape(-1, *y.shape[2:]) if y.dim() == h.dim() + 1 else y)
+        y = outs[0] if len(outs) == 1 else torch.cat(outs)
+        return (y, *res[1:]) if isinstance(res, tuple) else y
 
-    def block_hook(_mod, _args, out):
-        if isinstance(out, tuple):
-            return (flatten(out[0]), *out[1:])
-        return flatten(out)
-
-    hs = [mod.register_forward_hook(readout_hook), block.register_forward_hook(block_hook)]
+    hs = [readouts[l][0].register_forward_hook(readout_hook(l))
+          for l in {step[0] for step in tree.steps.values()}]
+    patched = []
+    for i in range(tree.start, len(stack.blocks)):
+        blk = stack.blocks[i]
+        patched.append((blk, blk.__dict__.get("forward")))
+        blk.forward = functools.partial(forward, blk.forward, tree.steps.get(i))
     try:
         yield
     finally:
         for h in hs:
             h.remove()
+        for blk, own in patched:
+            if own is None:
+                del blk.forward
+            else:
+                blk.forward = own
 
 
 def _width(adapter: Adapter, layers: Sequence[int]) -> int:
@@ -356,7 +487,7 @@ def ablate_sets(adapter: Adapter, conf, examples: Sequence[Example], sets: Seque
                 method: str = "zero", values: Any = None, ranges: Any = None,
                 batch_size: int = 32, replicas: int | None = None, share_prefix: bool = True,
                 budget: int | None = None, range_on: str = "pooled", fan_out: bool = True,
-                progress: Callable[[int], None] | None = None) -> np.ndarray:
+                share_branches: bool = True, progress: Callable[[int], None] | None = None) -> np.ndarray:
     """[n_sets, n_examples] confidences M with each set of (layer, neuron) ablated.
 
     method: ``zero`` (a := 0), ``mean`` (a := values) or ``range`` (a := values where
@@ -368,8 +499,8 @@ def ablate_sets(adapter: Adapter, conf, examples: Sequence[Example], sets: Seque
     gives the unablated confidence. `replicas` sets how many sets share one forward
     (default: as many as fit `budget` activation elements at the widest site; the
     budget defaults to `default_budget` of the model's device).
-    `share_prefix` and `fan_out` (see the module docstring) change the cost, never the
-    numbers; they are switches for tests and benchmarks.
+    `share_prefix`, `fan_out` and `share_branches` (see the module docstring) change the
+    cost, never the numbers; they are switches for tests and benchmarks.
     """
     if range_on not in ("pooled", "position"):
         raise ValueError(f"range_on must be 'pooled' or 'position', got {range_on!r}")
@@ -381,12 +512,18 @@ def ablate_sets(adapter: Adapter, conf, examples: Sequence[Example], sets: Seque
     stack = _block_stack(adapter, plan.layers) if share_prefix and plan.layers else None
     readouts = {}
     if stack is not None and fan_out:
-        readouts = {l: ro for l in {f for f in plan.first if f is not None}
-                    if (ro := _readout_rows(adapter, l)) is not None}
+        readouts = {l: ro for l in plan.layers if (ro := _readout_rows(adapter, l)) is not None}
+    # branching: every ablated layer has a readout and a block of its own (text families)
+    branch = (bool(readouts) and len(readouts) == len(plan.layers)
+              and len({stack.at[l] for l in plan.layers}) == len(plan.layers))
     width = _width(adapter, plan.layers)
     budget = budget or default_budget(adapter.device)
-    # group by first ablated layer so that the shared prefix is as long as possible
-    order = sorted(range(len(sets)), key=lambda i: (plan.first[i] if plan.first[i] is not None else -1))
+    if branch:      # sets that share their early ablations side by side: they share nodes
+        order = sorted(range(len(sets)), key=lambda i: tuple(
+            tuple(sorted(n for l, n in sets[i] if l == x)) for x in plan.layers))
+    else:           # grouped by first ablated layer: the shared prefix is as long as possible
+        order = sorted(range(len(sets)), key=lambda i: (plan.first[i] if plan.first[i] is not None else -1))
+    trees: dict[tuple[int, ...], _Branches] = {}
     for b in adapter.batches(examples, batch_size, with_targets=conf.with_targets):
         b = b.to(adapter.device)
         idx = b.index.numpy()
@@ -397,38 +534,49 @@ def ablate_sets(adapter: Adapter, conf, examples: Sequence[Example], sets: Seque
             first = plan.first[order[s]]
             chunk = [order[s]]
             while (len(chunk) < R and s + len(chunk) < len(order)
-                   and (stack is None or plan.first[order[s + len(chunk)]] == first)):
+                   and (stack is None or branch or plan.first[order[s + len(chunk)]] == first)):
                 chunk.append(order[s + len(chunk)])
             s += len(chunk)
+            if branch and any(plan.first[i] is not None for i in chunk):
+                key = tuple(chunk)
+                tree = trees.get(key) or trees.setdefault(key, _Branches(
+                    plan, stack, readouts, [sets[i] for i in chunk], share=share_branches))
+                with _clean_prefix(stack.blocks[:tree.start], cache), \
+                        _branching(tree, stack, readouts, b.size, method, b.mask, range_on):
+                    m = conf(b.repeat(tree.n_leaves, inputs=False))
+                _store(out, chunk, idx, m, tree.n_leaves, b.size, tree.leaf)
+                continue
             r = len(chunk)
             masks = plan.masks([sets[i] for i in chunk], adapter.device)
-            # where the replicas start: the ablated block's readout (fan-out), the ablated
-            # site (widen), the ablated block's input (prefix), or the model's input
+            # where the replicas start: the ablated site (widen), the ablated block's input
+            # (prefix), or the model's input
             many = first is not None and r > 1
-            mode = ("fan_out" if many and fan_out and first in readouts else
-                    "widen" if many and fan_out and adapter.site_is_stream else
+            mode = ("widen" if many and fan_out and adapter.site_is_stream else
                     "prefix" if many and stack is not None else "input")
             rb = b.repeat(r, inputs=mode == "input")
             with ExitStack() as st:
                 if stack is not None and first is not None:
                     st.enter_context(_clean_prefix(stack.blocks[:stack.at[first]], cache))
-                if mode == "fan_out":       # the ablated block itself runs once
-                    st.enter_context(_fan_out(plan, masks.pop(first), first, readouts[first],
-                                              stack.block(first), r, b.mask, range_on))
-                    st.enter_context(_replicate_at(stack.after(first), b.size, r))
-                elif mode == "prefix":
+                if mode == "prefix":
                     st.enter_context(_replicate_at(stack.from_(first), b.size, r))
                 if masks:
                     widen = first if mode == "widen" else None
                     st.enter_context(on_sites(adapter, sorted(masks),
                                               _hook(plan, masks, r, b.mask, range_on, widen)))
                 m = conf(rb)
-            if m.shape[0] != r * b.size:
-                raise RuntimeError(f"ablation forward returned {m.shape[0]} rows, expected {r * b.size}")
-            out[np.asarray(chunk)[:, None], idx[None, :]] = m.float().view(r, b.size).cpu().numpy()
+            _store(out, chunk, idx, m, r, b.size, range(r))
         if progress:
             progress(b.size)
     return out
+
+
+def _store(out: np.ndarray, chunk: Sequence[int], idx: np.ndarray, m: torch.Tensor, r: int, rows: int,
+           leaf: Sequence[int]) -> None:
+    """out[chunk[c], idx] = row block leaf[c] of the r·rows confidences m."""
+    if m.shape[0] != r * rows:
+        raise RuntimeError(f"ablation forward returned {m.shape[0]} rows, expected {r * rows}")
+    m = m.float().view(r, rows).cpu().numpy()
+    out[np.asarray(chunk)[:, None], idx[None, :]] = m[np.asarray(leaf)]
 
 
 def base_confidence(adapter: Adapter, conf, examples: Sequence[Example], *,

@@ -82,6 +82,18 @@ def test_batched_equals_one_forward_each(planted_any):
     np.testing.assert_allclose(fast[len(pm.planted) + 1], base, atol=1e-5)
 
 
+def _attention_rows(adapter) -> tuple[dict[int, list[int]], list]:
+    """{block: rows its attention saw, per call}, and the hooks that record them."""
+    from neurolens.engine.ablate_batch import _block_stack
+
+    blocks = _block_stack(adapter, [0]).blocks
+    attn = [next(m for n, m in blk.named_children() if n in ("attn", "attention", "self_attn"))
+            for blk in blocks]
+    rows: dict[int, list[int]] = {i: [] for i in range(len(blocks))}
+    return rows, [a.register_forward_hook(lambda _m, _a, out, i=i: rows[i].append(out[0].shape[0]))
+                  for i, a in enumerate(attn)]
+
+
 def test_fan_out_runs_the_ablated_block_once(planted_any):
     """The first ablated block computes B rows, not R·B: in a transformer its attention
     sees B rows; in a ResNet the block's input does. The blocks after it see R·B (the
@@ -96,14 +108,7 @@ def test_fan_out_runs_the_ablated_block_once(planted_any):
               lambda _m, a, i=i: rows[i].append(a[0].shape[0])) for i in range(n)]
     else:
         assert adapter.neuron_readout(1) is not None
-        from neurolens.engine.ablate_batch import _block_stack
-
-        blocks = _block_stack(adapter, [0]).blocks
-        attn = [next(m for n, m in blk.named_children() if n in ("attn", "attention", "self_attn"))
-                for blk in blocks]
-        rows = {i: [] for i in range(len(blocks))}
-        hs = [a.register_forward_hook(lambda _m, _a, out, i=i: rows[i].append(out[0].shape[0]))
-              for i, a in enumerate(attn)]
+        rows, hs = _attention_rows(adapter)
     try:
         ablate_sets(adapter, conf, test, [[(1, n)] for n in range(4)], batch_size=8)
     finally:
@@ -111,6 +116,35 @@ def test_fan_out_runs_the_ablated_block_once(planted_any):
             h.remove()
     assert rows[0] == [8] and rows[1] == [8]
     assert all(r == [32] for i, r in rows.items() if i >= 2)
+
+
+def test_nested_sets_share_their_early_ablations(planted_any):
+    """Sets that ablate the same neurons in the early layers (the random controls' prefixes:
+    a draw's first j neurons for every control size) run as one replica until they differ.
+    Numbers equal one forward per set; each block runs once per distinct history."""
+    _, adapter, conf, test = planted_any
+    if adapter.modality == "vision":
+        pytest.skip("a ResNet widens at the site: it has no readout to fan out through")
+    test = test[:8]
+    a, b, c, d = (0, 3), (2, 5), (1, 4), (2, 6)
+    sets = [[a], [a, b], [a, c], [a, c, d], [c], [(1, 7)], [], [a, c, b]]
+    for method in ("zero", "mean", "range"):
+        kw = dict(method=method, values={l: np.linspace(-0.1, 0.3, adapter.n_neurons(l)) for l in range(3)},
+                  ranges={(l, n): (-0.05, 0.5) for s in sets for l, n in s}, batch_size=8)
+        rows, hs = _attention_rows(adapter)
+        try:
+            fast = ablate_sets(adapter, conf, test, sets, **kw)
+        finally:
+            for h in hs:
+                h.remove()
+        slow = np.stack([ablate_sets(adapter, conf, test, [s], replicas=1, share_prefix=False, **kw)[0]
+                         for s in sets])
+        np.testing.assert_allclose(fast, slow, atol=1e-5)
+        # block 0: the clean batch once, fanned out to {a} and the clean node; block 1: those
+        # two nodes, fanned out to {a}, {a,c}, clean, {c}, {(1,7)}; block 2 on those five,
+        # which leave it as the eight sets; every later block sees the eight
+        assert rows[0] == [8] and sum(rows[1]) == 2 * 8 and sum(rows[2]) == 5 * 8
+        assert all(sum(r) == 8 * len(sets) for i, r in rows.items() if i >= 3)
 
 
 def test_range_bounds_select_positions(planted):
