@@ -12,6 +12,12 @@ ResNet, whose forward is overhead-bound rather than compute-bound. The three way
 
 The three must agree to float tolerance, or the benchmark fails.
 
+Second, the random controls of a run (`engine/ablate.py`): 20 nested draws with the layers
+of MiniLM's negation top-10 (0, 2, 3, 1, 1, 3, 2, 2, 1, 1) at the control sizes 1, 2, 5
+and 10, and 20 single controls for each other layer, 140 sets, on the concept test
+examples, with branching (a draw's sets share one replica until they differ) and without
+(each set its own replica from its first ablated block on).
+
     python benchmarks/bench_ablation.py [--smoke]      (NEUROLENS_BENCH_REPS=n: repetitions)
 
 Writes benchmarks/results/ablation.json (ablation.smoke.json for --smoke) and prints a
@@ -32,6 +38,37 @@ if __package__ in (None, ""):
 from benchmarks import common  # noqa: E402
 
 N_NEURONS = 32
+TOP_LAYERS = (0, 2, 3, 1, 1, 3, 2, 2, 1, 1)     # MiniLM's negation top-10, by rank
+
+
+def _controls(adapter, conf, examples, reps: int, rng) -> dict:
+    """The run's control sets with and without shared branches; node-block passes of each."""
+    from neurolens.engine.ablate import control_sizes, distinct_sets, random_controls, split_sets
+    from neurolens.engine.ablate_batch import ablate_sets
+
+    top = [(l, int(n)) for l, n in zip(TOP_LAYERS, rng.choice(adapter.n_neurons(0), len(TOP_LAYERS),
+                                                             replace=False))]
+    draws, singles = random_controls(top, adapter.n_neurons, 20, 0)
+    _, ctrl = split_sets(top, distinct_sets(top, draws, singles, control_sizes(len(top))))
+    batch = 16
+    jobs = {"branches": lambda: ablate_sets(adapter, conf, examples, ctrl, batch_size=batch),
+            "no_branches": lambda: ablate_sets(adapter, conf, examples, ctrl, batch_size=batch,
+                                               share_branches=False)}
+    out = {k: f() for k, f in jobs.items()}
+    err = float(np.abs(out["branches"] - out["no_branches"]).max())
+    if err > 1e-4:
+        raise AssertionError(f"ablation with and without shared branches differs by {err:g}")
+    L = adapter.n_layers
+    first = lambda s: min(l for l, _ in s)  # noqa: E731
+    passes = {"no_branches": sum(L - 1 - first(s) for s in ctrl),
+              "branches": sum(len({tuple(sorted(x for x in s if x[0] < i)) for s in ctrl if first(s) < i})
+                              for i in range(L))}
+    times = common.interleaved(jobs, reps, warmup=0, dev=adapter.device)
+    med = {k: common.median(v) for k, v in times.items()}
+    return {"n_sets": len(ctrl), "n_examples": len(examples), "top_layers": list(TOP_LAYERS),
+            "times_s": times, "median_s": med, "ratio": med["no_branches"] / med["branches"],
+            "block_passes_after_first": passes,
+            "ratio_bound_compute": passes["no_branches"] / passes["branches"], "max_abs_diff": err}
 
 
 def _measure(adapter, conf, examples, n_sets: int, reps: int, rng) -> dict:
@@ -90,7 +127,10 @@ def run(smoke: bool = False) -> dict:
     examples = [test[i] for i in sorted(rng.choice(len(test), n_examples, replace=False))]
     train = [e for e in probes.examples if e.split == "train"]
     fit = [train[i] for i in sorted(rng.choice(len(train), 64, replace=False))] if smoke else probes.examples
-    main = _measure(adapter, Confidence(adapter, fit), examples, n_sets, reps, rng)
+    conf = Confidence(adapter, fit)
+    main = _measure(adapter, conf, examples, n_sets, reps, rng)
+    concept = [e for e in test if e.label == 1][:16 if smoke else None]
+    controls = _controls(adapter, conf, concept, reps, rng)
 
     # the planted ResNet: a forward of 32 small images is overhead-bound, not compute-bound
     # (the regime an accelerator puts a real model in), so replicas nearly come for free
@@ -111,11 +151,13 @@ def run(smoke: bool = False) -> dict:
         **{k: main[k] for k in ("times_s", "median_s", "ratio", "ratio_prefix_only", "block_passes",
                                 "ratio_bound_compute", "max_abs_diff")},
         "planted_resnet": other,
+        "controls": controls,
     }
 
 
 def table(res: dict) -> str:
     o = res["planted_resnet"]
+    c = res["controls"]
     m = res["median_s"]
     s = res["sizes"]
     return "\n".join([
@@ -134,6 +176,12 @@ def table(res: dict) -> str:
         f"{o['median_s']['one_each']:.3f} s, prefix only {o['median_s']['prefix_only']:.3f} s, "
         f"batched {o['median_s']['batched']:.3f} s: **{o['ratio']:.1f}×** "
         f"(block-pass bound {o['ratio_bound_compute']:.2f}×).",
+        "",
+        f"A run's {c['n_sets']} random controls (top-10 layers {c['top_layers']}) × {c['n_examples']} "
+        f"concept examples: each set its own replica {c['median_s']['no_branches']:.2f} s, shared "
+        f"branches {c['median_s']['branches']:.2f} s: **{c['ratio']:.2f}×** (block passes after the "
+        f"first ablated block {c['block_passes_after_first']['no_branches']} / "
+        f"{c['block_passes_after_first']['branches']} = {c['ratio_bound_compute']:.2f}×).",
     ])
 
 
