@@ -287,19 +287,20 @@ def _correct(fix: dict, method: str, tokens: torch.Tensor | None, range_on: str,
              acts: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """The readout's output for every child: ``out - (a_S - v_S) W_S``, [m, g·B, T, H]."""
     m, g, k = fix["m"], fix["g"], fix["k"]
+    dev = acts.device         # the readout's weight may live elsewhere (--device-map offload)
     n = acts.shape[-1]
     flat = acts.reshape(g, -1, n)
-    a = flat.gather(2, fix["gather"][:, None, :].expand(g, flat.shape[1], m * k))
+    a = flat.gather(2, fix["gather"].to(dev)[:, None, :].expand(g, flat.shape[1], m * k))
     a = a.view(g, out.shape[0] // g, *out.shape[1:-1], m, k).float()          # [g, B, T, m, k]
-    d = a - fix["val"]
+    d = a - fix["val"].to(dev)
     if method == "range":
-        lo, hi = fix["lo"], fix["hi"]
+        lo, hi = fix["lo"].to(dev), fix["hi"].to(dev)
         if range_on == "position":
             d = d * ((a >= lo) & (a <= hi))
         else:   # the example's pooled activation, as in `_hook`
             p = _token_mean(a, tokens, axis=2)
             d = d * ((p >= lo) & (p <= hi))
-    delta = torch.einsum("gbtmk,mgkh->mgbth", d, fix["w"])
+    delta = torch.einsum("gbtmk,mgkh->mgbth", d, fix["w"].to(dev))
     y = out.view(g, -1, *out.shape[1:]).unsqueeze(0) - delta.to(out.dtype)
     return y.reshape(m, g * y.shape[2], *out.shape[1:])
 
