@@ -140,6 +140,8 @@ def test_nested_sets_share_their_early_ablations(planted_any):
         slow = np.stack([ablate_sets(adapter, conf, test, [s], replicas=1, share_prefix=False, **kw)[0]
                          for s in sets])
         np.testing.assert_allclose(fast, slow, atol=1e-5)
+        np.testing.assert_allclose(ablate_sets(adapter, conf, test, sets, share_branches=False, **kw),
+                                   slow, atol=1e-5)
         # block 0: the clean batch once, fanned out to {a} and the clean node; block 1: those
         # two nodes, fanned out to {a}, {a,c}, clean, {c}, {(1,7)}; block 2 on those five,
         # which leave it as the eight sets; every later block sees the eight
