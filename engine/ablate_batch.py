@@ -103,13 +103,6 @@ class _Stack:
     def __init__(self, blocks: list[nn.Module], at: dict[int, int]):
         self.blocks, self.at = blocks, at
 
-    def block(self, layer: int) -> nn.Module:
-        return self.blocks[self.at[layer]]
-
-    def after(self, layer: int) -> list[nn.Module]:
-        """The blocks after the one holding `layer`."""
-        return self.blocks[self.at[layer] + 1:]
-
     def from_(self, layer: int) -> list[nn.Module]:
         """The block holding `layer` and every block after it."""
         return self.blocks[self.at[layer]:]
@@ -138,6 +131,16 @@ def _block_stack(adapter: Adapter, layers: Sequence[int]) -> _Stack | None:
         return None
 
 
+def _put_back(patched: list[tuple[nn.Module, Any]]) -> None:
+    """Undo instance-level `forward` patches: an instance's own forward (accelerate's
+    dispatch hooks) is put back, otherwise the class's shows through again."""
+    for blk, own in patched:
+        if own is None:
+            del blk.forward
+        else:
+            blk.forward = own
+
+
 @contextmanager
 def _clean_prefix(blocks: Sequence[nn.Module], cache: dict[int, Any]):
     """The blocks before the first ablated one compute nothing that differs between
@@ -156,11 +159,7 @@ def _clean_prefix(blocks: Sequence[nn.Module], cache: dict[int, Any]):
     finally:
         for h in hs:
             h.remove()
-        for blk, own in patched:
-            if own is None:
-                del blk.forward
-            else:
-                blk.forward = own
+        _put_back(patched)
 
 
 @contextmanager
@@ -209,8 +208,8 @@ class _Group:
     block together and leave it as m·g rows, child j of parent p getting the correction
     for neurons `idx[j, p]` (`fix`; None where no child ablates anything here)."""
 
-    def __init__(self, parents: list[int], n_parents: int, m: int, fix: dict | None):
-        self.g, self.m, self.fix = len(parents), m, fix
+    def __init__(self, parents: list[int], n_parents: int, fix: dict | None):
+        self.g, self.fix = len(parents), fix
         self.parents = None if parents == list(range(n_parents)) else torch.tensor(parents)
 
 
@@ -246,7 +245,7 @@ class _Branches:
             groups, order = [], []
             for m, pis in sorted(by_m.items()):
                 rows = [list(kids[nodes[pi]].items()) for pi in pis]
-                groups.append(_Group(pis, len(nodes), m,
+                groups.append(_Group(pis, len(nodes),
                                      _fix(plan, readouts[l], l, [[r[j][1] for r in rows] for j in range(m)])))
                 order += [r[j][0] for j in range(m) for r in rows]
             self.steps[i] = (l, groups)
@@ -273,13 +272,13 @@ def _fix(plan: _Plan, readout: tuple[nn.Module, torch.Tensor], layer: int,
             valid[j, p, :len(a)] = True
     idx, valid = idx.to(rows.device), valid.to(rows.device)
 
-    def at(vec: torch.Tensor, fill: float) -> torch.Tensor:     # [m, g, k] -> [g, 1, 1, m, k]
-        v = torch.where(valid, vec.to(rows.device)[idx], torch.full((), fill, device=rows.device))
+    def at(vec: torch.Tensor) -> torch.Tensor:     # [m, g, k] -> [g, 1, 1, m, k], 0 where unused
+        v = torch.where(valid, vec.to(rows.device)[idx], torch.zeros((), device=rows.device))
         return v.permute(1, 0, 2)[:, None, None]
     fix = dict(m=m, g=g, k=k, gather=idx.permute(1, 0, 2).reshape(g, m * k),
-               w=rows[idx].float() * valid[..., None], val=at(plan.values[layer], 0.0))
+               w=rows[idx].float() * valid[..., None], val=at(plan.values[layer]))
     if plan.method == "range":
-        fix["lo"], fix["hi"] = at(plan.lo[layer], 0.0), at(plan.hi[layer], 0.0)
+        fix["lo"], fix["hi"] = at(plan.lo[layer]), at(plan.hi[layer])
     return fix
 
 
@@ -370,11 +369,7 @@ def _branching(tree: _Branches, stack: _Stack, readouts: dict, rows: int, method
     finally:
         for h in hs:
             h.remove()
-        for blk, own in patched:
-            if own is None:
-                del blk.forward
-            else:
-                blk.forward = own
+        _put_back(patched)
 
 
 def _width(adapter: Adapter, layers: Sequence[int]) -> int:
@@ -540,8 +535,10 @@ def ablate_sets(adapter: Adapter, conf, examples: Sequence[Example], sets: Seque
             s += len(chunk)
             if branch and any(plan.first[i] is not None for i in chunk):
                 key = tuple(chunk)
-                tree = trees.get(key) or trees.setdefault(key, _Branches(
-                    plan, stack, readouts, [sets[i] for i in chunk], share=share_branches))
+                if key not in trees:
+                    trees[key] = _Branches(plan, stack, readouts, [sets[i] for i in chunk],
+                                           share=share_branches)
+                tree = trees[key]
                 with _clean_prefix(stack.blocks[:tree.start], cache), \
                         _branching(tree, stack, readouts, b.size, method, b.mask, range_on):
                     m = conf(b.repeat(tree.n_leaves, inputs=False))
