@@ -61,6 +61,9 @@ def headline(name: str, r: dict) -> str:
         if name == "reports":
             return (f"{r['pages']} pages in {r['median_wall_s']:.1f} s "
                     f"({r['per_page_wall_s']:.2f} s/page), largest {r['max_report_mib']:.1f} MiB")
+        if name == "run_ablation":
+            return (f"ablate {r['ratio']:.2f}x extract+score (target 3x); its fp32 products alone "
+                    f"{r['floor_ratio']:.2f}x")
         if name == "sweep":
             return (f"minilm x {r['sizes']['concepts']} concepts: cold {r['contender']['median_s']:.1f} s, "
                     f"resumed {r['baseline']['median_s']:.1f} s")

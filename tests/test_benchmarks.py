@@ -63,6 +63,10 @@ def test_smoke_result_has_the_fields(name, tmp_path):
     if name == "extract":
         assert {x["dtype"] for x in r["rows"]} == {"float32", "bfloat16"}
         assert all(x["ratio"] > 0 for x in r["rows"])
+    if name == "run_ablation":
+        assert r["runs"] and all(x["seconds_ablate"] > 0 and x["ratio"] > 0 for x in r["runs"])
+        # the floor is the products alone: a stage that beat it would mean a wrong count
+        assert r["ablation_flops"] > 0 and 0 < r["floor_s"] < r["median"]["seconds_ablate"]
     if name == "sweep":
         assert r["contender"]["median_s"] > 0 and r["baseline"]["median_s"] > 0
 
