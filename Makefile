@@ -8,7 +8,7 @@ MODELS ?= minilm,smollm2
 CONCEPTS ?= all
 ARGS   ?=
 
-.PHONY: install test test-fast sweep report selfcheck bench bench-smoke clean
+.PHONY: install test test-fast sweep report selfcheck bench bench-smoke bench-gpu clean
 
 $(BIN)/neurolens: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ bench: install
 
 bench-smoke: install
 	$(BIN)/python -m benchmarks --smoke $(ARGS)
+
+# on a machine with a GPU, whose own python may hold CUDA torch (PYTHON=python3)
+bench-gpu:
+	bash benchmarks/gpu.sh $(ARGS)
 
 clean:
 	rm -rf $(OUT) .pytest_cache

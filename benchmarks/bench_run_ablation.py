@@ -12,8 +12,9 @@ Beside it, the floor no exact fp32 ablation of this design can go under on this 
 * the dense FLOPs of that run's ablation stage, counted by torch's `FlopCounterMode` on the
   same command's work in a child process (oneDNN's linear is invisible to the counter, so
   the counting run takes torch's own path: NEUROLENS_ONEDNN=0);
-* the CPU's best fp32 product rate at the model's dense shapes, torch's and oneDNN's
-  kernels both tried, at several row counts;
+* the best fp32 product rate at the model's dense shapes on the device the run used
+  (the CPU: torch's and oneDNN's kernels both tried; a GPU where there is one, as the
+  CLI's `--device auto` picks), at several row counts;
 * floor = FLOPs / best rate: the ablation's matrix products alone, every one at the
   fastest rate this CPU reaches, nothing else counted.
 
@@ -101,17 +102,20 @@ def _count_job(job, top_k: int) -> None:
 
 
 def _best_rate(shapes, reps: int) -> dict:
-    """The fastest fp32 product rate (GFLOP/s) this CPU reaches at these [in, out] shapes."""
+    """The fastest fp32 product rate (GFLOP/s) this machine reaches at these [in, out]
+    shapes, on the device the run used (a GPU where there is one, as `--device auto`)."""
     import torch
 
     from neurolens.kernels.fast import available
 
-    op = torch.ops.mkldnn._linear_pointwise if available() else None
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    op = torch.ops.mkldnn._linear_pointwise if dev.type == "cpu" and available() else None
+    rows = ROWS if dev.type == "cpu" else ROWS + (65536,)
     rates = {}
     for i, o in shapes:
-        w, b = torch.randn(o, i), torch.randn(o)
-        for m in ROWS:
-            x = torch.randn(m, i)
+        w, b = torch.randn(o, i, device=dev), torch.randn(o, device=dev)
+        for m in rows:
+            x = torch.randn(m, i, device=dev)
             ways = {"torch": lambda: torch.nn.functional.linear(x, w, b)}
             if op is not None:
                 ways["onednn"] = lambda: op(x, w, b, "none", [], "")
@@ -119,12 +123,14 @@ def _best_rate(shapes, reps: int) -> dict:
                 f()
                 best = float("inf")
                 for _ in range(reps):
+                    common.sync(dev)
                     t = time.perf_counter()
                     for _ in range(10):
                         f()
+                    common.sync(dev)
                     best = min(best, (time.perf_counter() - t) / 10)
                 rates[f"{i}x{o} rows={m} {name}"] = 2 * m * i * o / best / 1e9
-    return {"best_gflops": max(rates.values()), "rates_gflops": rates}
+    return {"rate_device": str(dev), "best_gflops": max(rates.values()), "rates_gflops": rates}
 
 
 def run(smoke: bool = False) -> dict:
@@ -177,8 +183,9 @@ def table(res: dict) -> str:
         "",
         f"Median ratio **{res['ratio']:.2f}×** (target ≤ {res['target']:.0f}×: "
         f"{'met' if res['met'] else 'not met'}). The ablation stage's dense products: "
-        f"{res['ablation_flops'] / 1e12:.3f} TFLOP; this CPU's best fp32 product rate at the "
-        f"model's shapes: {res['best_gflops']:.0f} GFLOP/s; so the products alone take at least "
+        f"{res['ablation_flops'] / 1e12:.3f} TFLOP; the best fp32 product rate at the model's "
+        f"shapes on {res.get('rate_device', 'cpu')}: {res['best_gflops']:.0f} GFLOP/s; so the "
+        f"products alone take at least "
         f"**{res['floor_s']:.2f} s = {res['floor_ratio']:.2f}×** (extract + score "
         f"{m['seconds_extract'] + m['seconds_score']:.2f} s). The stage runs at "
         f"{res['ablate_over_floor']:.2f}× that floor.",

@@ -106,3 +106,15 @@ def test_measure_job_reports_peak_memory_of_its_own_process():
     r = common.measure_job("benchmarks.common:_selftest_job", mb=200)
     assert r["seconds"] > 0
     assert r["peak_delta_mb"] >= 150, r  # the job's 200 MB allocation, seen by the kernel
+
+
+def test_gpu_script_says_so_without_a_gpu(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the script would run the benchmarks")
+    p = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), str(tmp_path / "gpu")],
+                       env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2 and p.stdout == ""
+    assert len(p.stderr.strip().splitlines()) == 1 and "no CUDA device" in p.stderr
+    assert not (tmp_path / "gpu").exists()
