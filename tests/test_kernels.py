@@ -218,3 +218,29 @@ def test_accumulator_rejects_bad_input():
         acc.finalize()
     with pytest.raises(ValueError):
         score_chunk(x, np.full(50, 2))
+
+
+def test_top_columns_equal_a_full_sort_of_every_column():
+    """The elastic-net probe's columns: the k best by probeless score over every chunk, ties
+    by arrival, whatever the chunking, from numpy or torch chunks; checked against sorting
+    all columns at once (many ties, -inf scores, chunks smaller and larger than k)."""
+    import torch
+
+    from neurolens.kernels.peers import TopColumns
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        k, n = int(rng.integers(1, 30)), int(rng.integers(1, 5))
+        top, scores, ids, cols = TopColumns(k), [], [], []
+        for chunk in range(int(rng.integers(1, 7))):
+            m = int(rng.integers(1, 40))
+            sc = rng.integers(0, 5, m).astype(float)
+            sc[rng.random(m) < 0.1] = -np.inf
+            rows = chunk * (1 << 32) + np.arange(m, dtype=np.int64)
+            x = rng.standard_normal((n, m)).astype(np.float16)
+            top.add(sc, rows, torch.from_numpy(x) if chunk % 2 else x)
+            scores.append(sc), ids.append(rows), cols.append(x.astype(np.float32))
+        s, r, c = np.concatenate(scores), np.concatenate(ids), np.concatenate(cols, axis=1)
+        best = np.lexsort((r, -s))[:k]
+        assert np.array_equal(top.rows, r[best]) and np.array_equal(top.score, s[best])
+        assert np.array_equal(top.cols, c[:, best])
