@@ -71,7 +71,7 @@ class TopColumns:
         if self.k <= 0:
             return
         score, rows = np.asarray(score), np.asarray(rows)
-        full = self._cols is not None and self._score.size >= self.k
+        full = self._score.size >= self.k
         # a column that only ties the worst kept one loses to it (kept ones came first)
         cand = np.flatnonzero(score > self._score.min()) if full else np.arange(score.size)
         if cand.size == 0:
