@@ -12,7 +12,7 @@ ResNet, whose forward is overhead-bound rather than compute-bound. The three way
 
 The three must agree to float tolerance, or the benchmark fails.
 
-Second, the random controls of a run (`engine/ablate.py`): 20 nested draws with the layers
+Second, the random controls of a run (`engine/causal/ablation/stage.py`): 20 nested draws with the layers
 of MiniLM's negation top-10 (0, 2, 3, 1, 1, 3, 2, 2, 1, 1) at the control sizes 1, 2, 5
 and 10, and 20 single controls for each other layer, 140 sets, on the concept test
 examples, with branching (a draw's sets share one replica until they differ) and without
@@ -43,8 +43,8 @@ TOP_LAYERS = (0, 2, 3, 1, 1, 3, 2, 2, 1, 1)     # MiniLM's negation top-10, by r
 
 def _controls(adapter, conf, examples, reps: int, rng) -> dict:
     """The run's control sets with and without shared branches; node-block passes of each."""
-    from neurolens.engine.ablate import control_sizes, distinct_sets, random_controls, split_sets
-    from neurolens.engine.ablate_batch import ablate_sets
+    from neurolens.engine.causal.ablation.stage import control_sizes, distinct_sets, random_controls, split_sets
+    from neurolens.engine.causal.ablation.executor import ablate_sets
 
     top = [(l, int(n)) for l, n in zip(TOP_LAYERS, rng.choice(adapter.n_neurons(0), len(TOP_LAYERS),
                                                              replace=False))]
@@ -73,7 +73,7 @@ def _controls(adapter, conf, examples, reps: int, rng) -> dict:
 
 def _measure(adapter, conf, examples, n_sets: int, reps: int, rng) -> dict:
     """The three ways on one model, interleaved; their agreement and the block-pass bound."""
-    from neurolens.engine.ablate_batch import ablate_sets
+    from neurolens.engine.causal.ablation.executor import ablate_sets
 
     layers = rng.integers(0, adapter.n_layers, n_sets)
     sets = [[(int(l), int(rng.integers(adapter.n_neurons(int(l)))))] for l in layers]
@@ -109,9 +109,9 @@ def run(smoke: bool = False) -> dict:
     import tempfile
     from pathlib import Path
 
-    from neurolens.engine import registry
-    from neurolens.engine.confidence import Confidence
-    from neurolens.engine.planted import build_planted
+    from neurolens.engine.models import registry
+    from neurolens.engine.causal.confidence import Confidence
+    from neurolens.engine.planted.build import build_planted
     from neurolens.probes import load_concept
 
     torch.manual_seed(0)

@@ -33,8 +33,8 @@ SMOKE = dict(model=common.GPT2_TINY, n_words=400, n_examples=64, n_tokens=24, ba
 def run(smoke: bool = False) -> dict:
     import torch
 
-    from neurolens.engine import registry
-    from neurolens.engine.extract import pooled_activations
+    from neurolens.engine.models import registry
+    from neurolens.engine.runtime.extract import pooled_activations
 
     cfg = SMOKE if smoke else FULL
     reps = int(os.environ.get("NEUROLENS_BENCH_REPS", cfg["reps"]))

@@ -11,9 +11,9 @@ The job: mean-pooled MLP activations of every layer of a randomly initialised GP
   ``pooled_activations`` over every layer (texts that tokenize to the same ids) and
   ``ScoreAccumulator`` (AUROC plus every other statistic), fp32 and bf16 compute.
 * bare: ``model.transformer(input_ids)`` of the NeuroLens model, no hooks (the limit): the
-  model as ``registry.load`` gives it, its layers on the same kernels (``kernels/fast.py``).
+  model as ``registry.load`` gives it, its layers on the same kernels (``engine/runtime/fast.py``).
 * plain: the same checkpoint as a user of transformers loads it (``AutoModel``), no hooks:
-  torch's default kernels, for context (what the kernels of ``kernels/fast.py`` buy).
+  torch's default kernels, for context (what the kernels of ``engine/runtime/fast.py`` buy).
 * run / rundef: the user's path, the whole ``neurolens run --probes FILE`` (CLI entry point,
   in the job's process) on the same texts written as a probe file, once with
   ``--no-importance`` (the peer's job: extraction of every MLP neuron, pooled, and every
@@ -130,8 +130,8 @@ def neurolens_job(job, ckpt: str, n_words: int, n_examples: int, n_tokens: int, 
 
     import transformers.models.gpt2.modeling_gpt2  # noqa: F401  (imports, as the peer's, before the baseline)
 
-    from neurolens.engine import registry
-    from neurolens.engine.extract import pooled_activations
+    from neurolens.engine.models import registry
+    from neurolens.engine.runtime.extract import pooled_activations
     from neurolens.kernels import ScoreAccumulator
 
     job.imported()
@@ -241,7 +241,7 @@ def bare_job(job, ckpt: str, n_words: int, n_examples: int, n_tokens: int, batch
     import torch
     import transformers.models.gpt2.modeling_gpt2  # noqa: F401
 
-    from neurolens.engine import registry
+    from neurolens.engine.models import registry
 
     job.imported()
     adapter = registry.load(ckpt, device="auto", dtype=dtype)

@@ -79,7 +79,7 @@ def _count_job(job, top_k: int) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     import neurolens as nl
-    from neurolens.engine import ablate
+    from neurolens.engine.causal.ablation import stage as ablate
 
     job.imported()
     counted: dict = {}
@@ -106,7 +106,7 @@ def _best_rate(shapes, reps: int) -> dict:
     shapes, on the device the run used (a GPU where there is one, as `--device auto`)."""
     import torch
 
-    from neurolens.kernels.fast import available
+    from neurolens.engine.runtime.fast import available
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     op = torch.ops.mkldnn._linear_pointwise if dev.type == "cpu" and available() else None

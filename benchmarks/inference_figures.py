@@ -18,7 +18,7 @@ import numpy as np
 
 
 def figures(concept: str, out: str) -> dict:
-    from neurolens.engine.score import example_arrays, inference
+    from neurolens.score import example_arrays, inference
     from neurolens.kernels import ScoreAccumulator
     from neurolens.pipeline import RunConfig, run
     from neurolens.probes import load_concept

@@ -23,6 +23,10 @@ __all__ = ["ConfigError", "ModelError", "NeuroLensError", "ProbeError", "QueryEr
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("SweepResult", "sweep"):
+        from neurolens import sweeps
+
+        return getattr(sweeps, name)
     if name in _API:
         from neurolens import api
 

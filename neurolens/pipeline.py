@@ -15,38 +15,16 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from neurolens.config import reports_dir, store_dir
-from neurolens.engine import registry
-from neurolens.engine.adapters.base import Adapter, ModelError
-from neurolens.engine.extract import Shard, extract, layer_key, model_sha
-from neurolens.engine.pooling import POOLINGS
-from neurolens.engine.score import SCORE_VERSION, TOO_FEW, inference, score_layers, write_scores
+from neurolens.config import RunConfig, reports_dir, store_dir
+from neurolens.engine.models import registry
+from neurolens.engine.models.adapters.base import Adapter, ModelError
+from neurolens.engine.runtime.extract import Shard, extract, layer_key, model_sha
+from neurolens.engine.runtime.pooling import POOLINGS
+from neurolens.score import SCORE_VERSION, TOO_FEW, inference, score_layers, write_scores
 from neurolens.errors import ConfigError
 from neurolens.probes import ProbeError, ProbeSet, load_probes
 from neurolens.progress import Bars
 from neurolens.store import SCHEMAS, Store
-
-
-@dataclass
-class RunConfig:
-    model: str
-    concept: str | None = None
-    probes: str | None = None
-    layers: list[int] | None = None
-    pooling: str = "mean"
-    dtype: str = "float32"
-    device: str | None = None
-    device_map: str | None = None    # accelerate big-model inference: auto, balanced, ...
-    max_memory: str | None = None    # SIZE for every device, or dev=SIZE,...
-    batch_size: int = 32
-    seed: int = 0
-    ablate: bool = False
-    ablate_methods: str | tuple[str, ...] = ("zero",)   # a tuple or "zero,mean,range"
-    top_k: int = 10
-    importance: bool = True
-    report: bool = True
-    relabel: bool = True   # rebuild the model's labels now (a sweep does it once at the end)
-    out: str | None = None
 
 
 @dataclass
@@ -92,7 +70,7 @@ def check_config(cfg: RunConfig) -> None:
         raise ConfigError(f"batch_size (--batch-size) must be at least 1, got {cfg.batch_size}")
     if cfg.top_k < 1:
         raise ConfigError(f"top_k (--top-k) must be at least 1, got {cfg.top_k}")
-    from neurolens.engine.ablate import parse_methods
+    from neurolens.engine.causal.ablation.stage import parse_methods
 
     try:
         cfg.ablate_methods = parse_methods(cfg.ablate_methods)
@@ -193,7 +171,7 @@ def _stages(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Store, sh
 
     t0 = time.perf_counter()
     if cfg.ablate:
-        from neurolens.engine import ablate
+        from neurolens.engine.causal.ablation import stage as ablate
 
         akey = (f"a{ablate.ABLATE_VERSION}:{cfg.top_k}:{cfg.seed}:{','.join(cfg.ablate_methods)}:"
                 + skey)
@@ -243,8 +221,8 @@ def _digest(parts: list[str]) -> str:
 
 def _in_pass(adapter: Adapter, probes: ProbeSet, cfg: RunConfig, shard: Shard):
     """The importance to take inside the extraction pass, when that pass can give it."""
-    from neurolens.engine.confidence import Confidence
-    from neurolens.engine.importance import InPass
+    from neurolens.engine.causal.confidence import Confidence
+    from neurolens.engine.causal.importance import InPass
 
     if shard.world > 1:
         return None
@@ -256,8 +234,8 @@ def _importance(adapter: Adapter, probes: ProbeSet, layers: list[int], cfg: RunC
                 in_pass=None):
     """Importance from the extraction pass when it gave it; else one forward and one
     backward over the concept train examples (with the probe fitted, if not yet)."""
-    from neurolens.engine.confidence import Confidence
-    from neurolens.engine.importance import importance
+    from neurolens.engine.causal.confidence import Confidence
+    from neurolens.engine.causal.importance import importance
 
     if in_pass is not None and in_pass.result is not None:
         return in_pass.conf, in_pass.result
@@ -274,7 +252,7 @@ def _importance(adapter: Adapter, probes: ProbeSet, layers: list[int], cfg: RunC
 
 def _label(adapter: Adapter, probes: ProbeSet, store: Store, cfg: RunConfig, run_id: str, skey: str,
            bars: Bars) -> None:
-    from neurolens.engine import label
+    from neurolens.engine.labels import stage as label
 
     label.run_labels(adapter, probes, store, top_k=cfg.top_k, run_id=run_id, key=skey,
                      batch_size=cfg.batch_size, bars=bars, relabel=cfg.relabel)

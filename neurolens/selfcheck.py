@@ -38,11 +38,11 @@ class FamilyCheck:
 def check_family(family: str, root: Path, *, seed: int = 0, bars: Bars | None = None) -> FamilyCheck:
     from scipy.stats import spearmanr
 
-    from neurolens.engine import registry
-    from neurolens.engine.ablate_batch import ablate_sets, base_confidence, relative_drop
-    from neurolens.engine.confidence import Confidence
-    from neurolens.engine.importance import attributions
-    from neurolens.engine.planted import build_planted
+    from neurolens.engine.models import registry
+    from neurolens.engine.causal.ablation.executor import ablate_sets, base_confidence, relative_drop
+    from neurolens.engine.causal.confidence import Confidence
+    from neurolens.engine.causal.importance import attributions
+    from neurolens.engine.planted.build import build_planted
     from neurolens.pipeline import RunConfig, run
     from neurolens.store import Store, read_table
 

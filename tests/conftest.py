@@ -23,7 +23,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def planted_factory(tmp_path_factory):
     """build(family) -> PlantedModel, built once per test process."""
-    from neurolens.engine.planted import build_planted
+    from neurolens.engine.planted.build import build_planted
 
     cache: dict = {}
 
@@ -37,6 +37,6 @@ def planted_factory(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def minilm():
-    from neurolens.engine import registry
+    from neurolens.engine.models import registry
 
     return registry.load("minilm")

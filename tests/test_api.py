@@ -112,7 +112,7 @@ def test_settings_out_of_range_are_config_errors(found):
 
 
 def test_every_user_error_is_a_neurolens_error():
-    from neurolens.engine.adapters.base import ModelError
+    from neurolens.engine.models.adapters.base import ModelError
     from neurolens.probes import ProbeError
     from neurolens.queries import QueryError
     from neurolens.reports import ReportError
@@ -128,7 +128,7 @@ def test_every_user_error_is_a_neurolens_error():
 def test_a_bf16_model_stores_bf16_runs(planted, tmp_path):
     """A bf16 adapter passed with the default config (dtype float32) keys, stores and records its
     activations as bfloat16; a float32 run of the same model is not served the bf16 ones."""
-    from neurolens.engine import registry
+    from neurolens.engine.models import registry
     from neurolens.pipeline import RunConfig, run
 
     out = tmp_path / "out"

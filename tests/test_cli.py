@@ -51,7 +51,7 @@ def test_run_end_to_end(planted_factory, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory):
     """minilm and a second checkpoint folder holding the same weights under another name."""
-    from neurolens.engine.registry import minilm_dir
+    from neurolens.engine.models.registry import minilm_dir
 
     src = minilm_dir()
     copy = tmp_path_factory.mktemp("models") / "minilm-twin"
@@ -116,7 +116,7 @@ def test_sweep_validates_by_default_and_run_does_not():
 
 
 def test_sweep_splits_all_and_lists():
-    from neurolens.api import _names as _split
+    from neurolens.sweeps import _names as _split
 
     assert _split("all", ["a", "b"]) == ["a", "b"]
     assert _split(" b, a ,b,,", ["a", "b"]) == ["b", "a"]

@@ -8,9 +8,9 @@ import gc
 import numpy as np
 import pytest
 import torch
-from neurolens.engine import registry
-from neurolens.engine.adapters.base import ModelError
-from neurolens.engine.placement import parse_max_memory, placement, resident
+from neurolens.engine.models import registry
+from neurolens.engine.models.adapters.base import ModelError
+from neurolens.engine.models.placement import parse_max_memory, placement, resident
 
 from neurolens.cli import main
 
@@ -81,8 +81,8 @@ def test_offloaded_scores_equal_in_memory(offloaded, tmp_path):
 def test_offloaded_ablation_equals_in_memory(offloaded):
     """Every ablation path (fan-out through the readout, shared prefix, plain replicas)
     reads offloaded weights correctly."""
-    from neurolens.engine.ablate_batch import ablate_sets
-    from neurolens.engine.confidence import Confidence
+    from neurolens.engine.causal.ablation.executor import ablate_sets
+    from neurolens.engine.causal.confidence import Confidence
 
     pm, plain, disk = offloaded
     test = [e for e in pm.probes.examples if e.split == "test"][:8]
@@ -121,9 +121,9 @@ def test_offloaded_gated_decoder_equals_in_memory(tmp_path):
     pre-hook, before accelerate's own hook loads the weights) gives the same pooled
     activations, and ablation through the offloaded readout the same confidences."""
     from gated_fixtures import build_tiny
-    from neurolens.engine.ablate_batch import ablate_sets
-    from neurolens.engine.confidence import Confidence
-    from neurolens.engine.extract import pooled_activations
+    from neurolens.engine.causal.ablation.executor import ablate_sets
+    from neurolens.engine.causal.confidence import Confidence
+    from neurolens.engine.runtime.extract import pooled_activations
     from neurolens.probes.types import Example
 
     path = build_tiny("llama", tmp_path / "llama")

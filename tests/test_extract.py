@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from neurolens.engine import registry
-from neurolens.engine.extract import extract, pooled_activations
-from neurolens.engine.hooks import on_sites
-from neurolens.engine.pooling import pool
+from neurolens.engine.models import registry
+from neurolens.engine.runtime.extract import extract, pooled_activations
+from neurolens.engine.runtime.hooks import on_sites
+from neurolens.engine.runtime.pooling import pool
 from neurolens.store import Store, connect, read_layer
 
 FAMILIES = ("gpt2", "bert", "roberta", "resnet", "llama")
@@ -152,7 +152,7 @@ def test_bfloat16_compute(planted_factory, tmp_path):
 
 
 def test_model_errors():
-    from neurolens.engine.adapters.base import ModelError
+    from neurolens.engine.models.adapters.base import ModelError
 
     with pytest.raises(ModelError, match="unknown model"):
         registry.load("no-such-model")
@@ -166,7 +166,7 @@ def test_torchvision_weights_need_torchvision():
     """Without an importable torchvision, its models are one clear error, not a crash."""
     import importlib.util
 
-    from neurolens.engine.adapters.base import ModelError
+    from neurolens.engine.models.adapters.base import ModelError
 
     if importlib.util.find_spec("torchvision") is not None:
         pytest.skip("torchvision is installed here")

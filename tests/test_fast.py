@@ -1,4 +1,4 @@
-"""The model's layers on faster kernels (kernels/fast.py). Dense layers on oneDNN: the same
+"""The model's layers on faster kernels (engine/runtime/fast.py). Dense layers on oneDNN: the same
 products as torch's, a correct input gradient, and torch's own path wherever oneDNN does not
 apply; GPT-2's GELU fused."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from neurolens.kernels import fast as lin
+from neurolens.engine.runtime import fast as lin
 
 needs_onednn = pytest.mark.skipif(not lin.available(), reason="this torch build has no oneDNN linear kernel")
 
@@ -134,7 +134,7 @@ libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MI
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
-from neurolens.kernels.fast import keep_heap
+from neurolens.engine.runtime.fast import keep_heap
 kept = keep_heap()
 before = libc.mallinfo2()
 p = libc.malloc(16 << 20)          # an activation-sized block, as a forward allocates it

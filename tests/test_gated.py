@@ -8,13 +8,13 @@ import pytest
 import torch
 from gated_fixtures import MODEL_TYPES, TEXTS, build_tiny
 
-from neurolens.engine import registry
-from neurolens.engine.ablate_batch import _block_stack, ablate_sets
-from neurolens.engine.adapters.gated import GatedDecoderAdapter
-from neurolens.engine.confidence import Confidence
-from neurolens.engine.extract import pooled_activations
-from neurolens.engine.hooks import on_sites
-from neurolens.engine.importance import attributions
+from neurolens.engine.models import registry
+from neurolens.engine.causal.ablation.executor import _block_stack, ablate_sets
+from neurolens.engine.models.adapters.gated import GatedDecoderAdapter
+from neurolens.engine.causal.confidence import Confidence
+from neurolens.engine.runtime.extract import pooled_activations
+from neurolens.engine.runtime.hooks import on_sites
+from neurolens.engine.causal.importance import attributions
 from neurolens.probes.types import Example
 
 TARGET = "crown"

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from neurolens.engine import gguf, registry
-from neurolens.engine.adapters.base import ModelError
+from neurolens.engine.models import gguf, registry
+from neurolens.engine.models.adapters.base import ModelError
 
 from neurolens.cli import main
 
@@ -181,7 +181,7 @@ def test_smollm2_weights_equal_the_dequantized_file(smollm2, smollm2_cache):
 
 @needs_smollm2
 def test_smollm2_second_load_reads_the_cache(smollm2, smollm2_cache, monkeypatch):
-    from neurolens.engine.extract import model_sha
+    from neurolens.engine.runtime.extract import model_sha
 
     monkeypatch.setattr(gguf, "_write", lambda *a: pytest.fail("converted again"))
     again = registry.load("smollm2")

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from neurolens.engine.confidence import Confidence
-from neurolens.engine.extract import pooled_activations
-from neurolens.engine.importance import InPass, importance
+from neurolens.engine.causal.confidence import Confidence
+from neurolens.engine.runtime.extract import pooled_activations
+from neurolens.engine.causal.importance import InPass, importance
 
 
 @pytest.fixture(scope="module", params=["gpt2", "bert", "resnet", "llama"])
 def planted(request, tmp_path_factory):
-    from neurolens.engine import registry
-    from neurolens.engine.planted import build_planted
+    from neurolens.engine.models import registry
+    from neurolens.engine.planted.build import build_planted
 
     pm = build_planted(request.param, tmp_path_factory.mktemp("inpass") / request.param, seed=2)
     return pm, registry.load(str(pm.path))

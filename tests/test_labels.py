@@ -5,7 +5,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from neurolens.engine import label
+from neurolens.engine.labels import stage as label
 from neurolens.probes.types import Example, ProbeSet
 from neurolens.store import Store, read_table
 
@@ -13,7 +13,7 @@ from neurolens.store import Store, read_table
 def _secondary_probes(pm) -> ProbeSet:
     """The planted polysemantic neuron's second concept as minimal pairs: the builder's
     secondary sentences, each against the same sentence with an ordinary person."""
-    from neurolens.engine import planted_text as pt
+    from neurolens.engine.planted import text as pt
 
     words, neutral = pm.meta["secondary_tokens"], pt.NEUTRAL
     ex: list[Example] = []
@@ -29,7 +29,7 @@ def _secondary_probes(pm) -> ProbeSet:
 @pytest.fixture(scope="module")
 def planted_run(planted_factory, tmp_path_factory):
     """A planted GPT-2 through the pipeline for its concept and its secondary concept."""
-    from neurolens.engine import registry
+    from neurolens.engine.models import registry
     from neurolens.pipeline import RunConfig, run
 
     pm = planted_factory("gpt2")

@@ -21,6 +21,20 @@ ALLOWED = {
     "neurolens": {"neurolens", *SUBPACKAGES},
 }
 LEAVES = ("neurolens.errors", "neurolens.constants")
+#: engine's rooms -> the rooms each may import (DESIGN "Layout": one room per stage, nothing
+#: reaches back up: models < runtime < causal; labels read what runtime and models give;
+#: planted builds checkpoints that models load)
+ROOMS = ("models", "runtime", "causal", "labels", "planted")
+ROOM_ALLOWED = {
+    "models": set(),
+    "runtime": {"models"},
+    "causal": {"models", "runtime"},
+    "labels": {"models", "runtime"},
+    "planted": {"models"},
+}
+#: leaf modules of a room that import nothing of ours: every room may use them (a model's
+#: layers go on the fast kernels at load; every stage reports progress the same way)
+ROOM_LEAVES = ("neurolens.engine.runtime.fast", "neurolens.engine.runtime.progress")
 
 
 def owner(module: str) -> str | None:
@@ -57,6 +71,24 @@ def violations(folder: str, source: str, name: str = "<module>") -> list[str]:
     return bad
 
 
+def room(module: str) -> str | None:
+    """The engine room an absolute module name lives in; None outside engine or for a room leaf."""
+    parts = module.split(".")
+    if parts[:2] != ["neurolens", "engine"] or len(parts) < 3 or module in ROOM_LEAVES:
+        return None
+    return parts[2] if parts[2] in ROOMS else "engine"
+
+
+def room_violations(name_room: str, source: str, name: str = "<module>") -> list[str]:
+    """What this module of engine room `name_room` imports from a room it may not reach."""
+    bad = []
+    for line, mod in imported(ast.parse(source, name)):
+        target = room(mod)
+        if target is not None and target != name_room and target not in ROOM_ALLOWED.get(name_room, set()):
+            bad.append(f"{name}:{line}: engine/{name_room}/ imports {mod} (engine/{target}/)")
+    return bad
+
+
 def modules(folder: str) -> list[Path]:
     return sorted((ROOT / folder).rglob("*.py"))
 
@@ -68,6 +100,48 @@ def test_folder_imports_only_what_the_layout_allows(folder):
     bad = [v for f in files for v in violations(folder, f.read_text(encoding="utf-8"),
                                                 str(f.relative_to(ROOT)))]
     assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("name", ROOMS)
+def test_engine_rooms_import_only_the_rooms_below(name):
+    files = modules(f"engine/{name}")
+    assert files, f"no modules under engine/{name}/"
+    bad = [v for f in files for v in room_violations(name, f.read_text(encoding="utf-8"),
+                                                     str(f.relative_to(ROOT)))]
+    assert not bad, "\n".join(bad)
+
+
+def test_engine_has_only_rooms():
+    """engine/ is a floor of rooms: no stage module lies loose beside them."""
+    loose = [p.name for p in (ROOT / "engine").glob("*.py") if p.name != "__init__.py"]
+    assert loose == []
+
+
+@pytest.mark.parametrize("leaf", ROOM_LEAVES)
+def test_room_leaves_import_nothing_of_ours(leaf):
+    path = ROOT / (leaf.replace("neurolens.", "", 1).replace(".", "/") + ".py")
+    ours = [m for _, m in imported(ast.parse(path.read_text(encoding="utf-8"))) if m.split(".")[0] == "neurolens"
+            and m not in LEAVES]
+    assert ours == []
+
+
+@pytest.mark.parametrize("name, source", [
+    ("models", "from neurolens.engine.runtime.extract import extract\n"),
+    ("runtime", "from neurolens.engine.causal.importance import InPass\n"),
+    ("models", "def f():\n    from neurolens.engine.labels.stage import label\n"),
+    ("planted", "import neurolens.engine.causal.confidence\n"),
+])
+def test_the_room_checker_catches_an_upward_import(name, source):
+    assert len(room_violations(name, source)) == 1
+
+
+@pytest.mark.parametrize("name, source", [
+    ("models", "from neurolens.engine.runtime.fast import use_fast_kernels\n"),
+    ("causal", "from neurolens.engine.runtime.hooks import on_sites\nfrom neurolens.engine.models import registry\n"),
+    ("labels", "from neurolens.engine.labels.text import x\n"),
+])
+def test_the_room_checker_allows_what_the_rooms_allow(name, source):
+    assert room_violations(name, source) == []
 
 
 @pytest.mark.parametrize("leaf", LEAVES)

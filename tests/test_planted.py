@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from neurolens.engine.planted import FAMILIES, build_planted, read_planted
+from neurolens.engine.planted.build import FAMILIES, build_planted, read_planted
 
 TEXT = ("gpt2", "bert", "roberta", "llama")
 CAUSAL = ("gpt2", "llama")
@@ -265,8 +265,8 @@ def test_text_groups_are_independent_word_pairs(family, loaded):
     royalty token carries the concept channel and every ordinary one its complement."""
     from safetensors.torch import load_file
 
-    from neurolens.engine import planted_llama as pl
-    from neurolens.engine import planted_text as pt
+    from neurolens.engine.planted import llama as pl
+    from neurolens.engine.planted import text as pt
 
     L = loaded(family)
     ps = L.pm.probes
@@ -468,7 +468,7 @@ def test_llama_pipeline_ranks_planted_not_decoys(planted_factory, tmp_path):
     """Through the real pipeline: both planted neurons in the top 3; the decoy, the
     surface and (being uncaused) nothing else ranked above them; the decoy's
     selectivity at the true site is 0."""
-    from neurolens.engine import registry
+    from neurolens.engine.models import registry
     from neurolens.pipeline import RunConfig, run
     from neurolens.store import Store, read_table
 

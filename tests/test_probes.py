@@ -163,8 +163,8 @@ def test_builtin_probes_have_power(name: str) -> None:
 
 
 def _planted_probe_files(tmp_path):
-    from neurolens.engine import planted_text as pt
-    from neurolens.engine import planted_vision as pv
+    from neurolens.engine.planted import text as pt
+    from neurolens.engine.planted import vision as pv
 
     out = {}
     for family in ("gpt2", "bert", "roberta"):

@@ -76,7 +76,7 @@ def test_scores_equal_references(minilm_run):
 @pytest.mark.parametrize("backend", ["numba", "torch"])
 def test_paired_design_both_backends_equal_scipy(minilm_run, backend):
     """Rescoring the stored activations with each kernel backend gives the scipy p and q."""
-    from neurolens.engine.score import example_arrays
+    from neurolens.score import example_arrays
     from neurolens.kernels import ScoreAccumulator
     from neurolens.probes import load_concept
 

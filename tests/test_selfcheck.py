@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from neurolens.engine.planted import FAMILIES
+from neurolens.engine.planted.build import FAMILIES
 
 
 @pytest.mark.slow

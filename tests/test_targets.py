@@ -7,8 +7,8 @@ import numpy as np
 import torch
 from gated_fixtures import CORPUS, sentencepiece_like
 
-from neurolens.engine.adapters.gated import GatedDecoderAdapter
-from neurolens.engine.adapters.gpt2 import GPT2Adapter
+from neurolens.engine.models.adapters.gated import GatedDecoderAdapter
+from neurolens.engine.models.adapters.gpt2 import GPT2Adapter
 from neurolens.probes.types import Example
 
 CASES = [("the king wore a", "crown"), ("the queen spoke to the", "crowd"),

@@ -11,7 +11,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from neurolens.engine.registry import adapters, known_models
+    from neurolens.engine.models.registry import adapters, known_models
 
     rows = [{"name": k, "resolves_to": v} for k, v in known_models().items()]
     if args.format == "json":

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from neurolens.constants import ALPHA
-from neurolens.engine.pooling import POOLINGS
+from neurolens.engine.runtime.pooling import POOLINGS
 
 
 def add_common(p: argparse.ArgumentParser) -> None:

@@ -26,14 +26,14 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from neurolens.config import out_dir
-    from neurolens.engine.planted import FAMILIES
+    from neurolens.engine.planted.build import FAMILIES
     from neurolens.progress import Bars
     from neurolens.selfcheck import check_family
 
     fams = list(FAMILIES) if args.families == "all" else [f.strip() for f in args.families.split(",")]
     bad = [f for f in fams if f not in FAMILIES]
     if bad:
-        from neurolens.engine.adapters.base import ModelError
+        from neurolens.engine.models.adapters.base import ModelError
 
         raise ModelError(f"unknown family {bad[0]!r}; choose from {', '.join(FAMILIES)}")
     root = Path(out_dir(args.out)) / "selfcheck"

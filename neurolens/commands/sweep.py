@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from neurolens.api import Outcome
+from neurolens.sweeps import Outcome
 from neurolens.commands.run import add_common
 from neurolens.commands.run import config as _config
 from neurolens.errors import NeuroLensError, first_line
@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
 
 def plan(args: argparse.Namespace) -> tuple[list[str], list[str], dict[str, str]]:
     """The models and concepts asked for, checked before any work starts (exit 2 on a typo)."""
-    from neurolens.api import plan_sweep
+    from neurolens.sweeps import plan_sweep
 
     return plan_sweep(args.models, args.concepts, lambda m, c: config(args, m, c), device=args.device,
                       device_map=args.device_map, max_memory=args.max_memory,
@@ -51,7 +51,7 @@ def plan(args: argparse.Namespace) -> tuple[list[str], list[str], dict[str, str]
 
 def sweep(args: argparse.Namespace, bars, done: list[Outcome]) -> None:
     """Run the pairs, appending each outcome to `done` (kept when a StoreError stops it)."""
-    from neurolens.api import run_pairs
+    from neurolens.sweeps import run_pairs
 
     models, wanted, concepts = plan(args)
     run_pairs(models, wanted, concepts, lambda m, c: config(args, m, c), bars, done,

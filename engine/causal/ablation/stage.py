@@ -1,0 +1,299 @@
+"""Causal ablation of the top concept neurons, against random-neuron controls (DESIGN: "Ablation").
+
+For the top-k neurons of a model × concept (by `rank` in the scores table) and each
+method (`zero`, `mean`, `range`), the pipeline measures on the **test** split:
+
+* ``single``: each top neuron alone, compared with ``n_random`` random single neurons
+  of the same layer;
+* ``cumulative``: the top-1..j neurons together at the control sizes j
+  (`control_sizes`: 1, 2, 5, 10 and k itself; the curve), each compared with
+  ``n_random`` random sets of j neurons with the same layer multiset;
+* ``random``: the control sets themselves, one row each.
+
+The random sets are nested: draw r is a random ordering whose i-th neuron comes from
+the layer of the i-th top neuron, and its first j neurons are the size-j control. So
+every control size has ``n_random`` exchangeable controls with exactly the top set's
+layers, and no top-k neuron is ever in a control. The same random sets serve every
+method, so methods differ only in what is written.
+
+What repeats is measured once: cumulative k = 1 is the single top-1, the size-1
+controls of the first top neuron's layer are its single controls, and every distinct
+set goes through `ablate_sets` once per method (which shares each batch's clean prefix
+between all sets). Only ``zero`` runs by default; ``mean`` and ``range`` on request.
+What buys nothing is not run: a control's drop is all its z needs, so controls run on
+the concept test examples alone, and the top sets on every test example.
+
+``drop`` = (base − ablated)/base of the mean confidence over concept test examples;
+``off_target_drop`` the same over non-concept test examples (null on control rows); ``z`` = (drop −
+mean random drop)/std random drop (ddof = 1) over the controls of the same size (and
+layer, for single rows). Random rows carry a leave-one-out z against the other
+controls of their size, which shows how often chance alone looks significant.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from neurolens.engine.causal.ablation.executor import (METHODS, Neuron, ablate_sets, base_confidence,
+                                           relative_drop)
+from neurolens.engine.models.adapters.base import Adapter
+from neurolens.engine.models.naming import neuron_id
+from neurolens.engine.runtime.progress import stage as progress_stage
+from neurolens.probes.types import Example, ProbeSet
+from neurolens.store import SCHEMAS, Store, read_layer, read_table
+from neurolens.store.top import top_order
+
+ABLATE_VERSION = 3
+MODES = ("single", "cumulative", "random")
+N_RANDOM = 20
+CONTROL_SIZES = (1, 2, 5, 10)
+DEFAULT_METHODS = ("zero",)
+
+__all__ = ["ABLATE_VERSION", "CONTROL_SIZES", "DEFAULT_METHODS", "METHODS", "MODES", "N_RANDOM",
+           "ablate_sets", "control_sizes", "distinct_sets", "split_sets", "parse_methods", "base_confidence",
+           "relative_drop", "top_neurons", "neuron_stats", "random_controls", "ablation_rows",
+           "run_ablations", "zscore"]
+
+
+def top_neurons(store: Store, model: str, concept: str, k: int) -> tuple[list[Neuron], pa.Table]:
+    """The top-k (layer, neuron) by rank; when fewer than k pass q < 0.05 the rest are the
+    next best by score. Returns them with the scores table."""
+    t = read_table(store, "scores", {"model": model, "concept": concept})
+    order = top_order(t, k, fill=True)
+    lay = t.column("layer").to_numpy()
+    neu = t.column("neuron").to_numpy()
+    return [(int(lay[i]), int(neu[i])) for i in order], t
+
+
+def neuron_stats(store: Store, model: str, probes: ProbeSet, layers: Sequence[int], scores: pa.Table
+                 ) -> tuple[dict[int, np.ndarray], dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """Per layer: the mean pooled activation over non-concept TRAIN examples (from the
+    stored activations), and the concept range [range_lo, range_hi] from the scores."""
+    neg_train = {e.example_id for e in probes.split("train", label=0)}
+    values, ranges = {}, {}
+    lay = scores.column("layer").to_numpy()
+    neu = scores.column("neuron").to_numpy()
+    lo = scores.column("range_lo").to_numpy(zero_copy_only=False).astype(float)
+    hi = scores.column("range_hi").to_numpy(zero_copy_only=False).astype(float)
+    for l in layers:
+        ids, acts = read_layer(store, model, probes.concept, l)
+        keep = np.isin(ids, np.fromiter(neg_train, dtype=np.int64, count=len(neg_train)))
+        values[l] = acts[keep].astype(np.float64).mean(0)
+        rl = np.full(acts.shape[1], np.inf)
+        rh = np.full(acts.shape[1], -np.inf)
+        sel = lay == l
+        rl[neu[sel]] = lo[sel]
+        rh[neu[sel]] = hi[sel]
+        ranges[l] = (rl, rh)
+    return values, ranges
+
+
+def control_sizes(k: int, sizes: Sequence[int] = CONTROL_SIZES) -> list[int]:
+    """The set sizes that get random controls: the fixed sizes up to k, and k itself."""
+    return sorted({s for s in sizes if 1 <= s <= k} | ({k} if k >= 1 else set()))
+
+
+def parse_methods(spec: str | Sequence[str] | None) -> tuple[str, ...]:
+    """'zero,mean' or a sequence -> checked, deduplicated methods in the order given."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec or DEFAULT_METHODS)
+    out: list[str] = []
+    for m in (x.strip() for x in items):
+        if not m:
+            continue
+        if m not in METHODS:
+            raise ValueError(f"unknown ablation method {m!r}; choose from {', '.join(METHODS)}")
+        if m not in out:
+            out.append(m)
+    if not out:
+        raise ValueError("name at least one ablation method")
+    return tuple(out)
+
+
+def distinct_sets(top: Sequence[Neuron], draws: Sequence[Sequence[Neuron]],
+                  singles: dict[int, list[Neuron]], sizes: Sequence[int]) -> list[list[Neuron]]:
+    """Every set the rows need, each once: top singles, top prefixes, the controls'
+    prefixes at the control sizes, and the single controls of every layer."""
+    uniq: dict[tuple, list[Neuron]] = {}
+    for s in (_top_sets(top, sizes) + [list(d[:j]) for d in draws for j in sizes]
+              + [[x] for xs in singles.values() for x in xs]):
+        uniq.setdefault(_key(s), s)
+    return list(uniq.values())
+
+
+def _key(s: Sequence[Neuron]) -> tuple:
+    return tuple(sorted(s))
+
+
+def _top_sets(top: Sequence[Neuron], sizes) -> list[list[Neuron]]:
+    """The top singles and the top prefixes at `sizes`."""
+    return [[x] for x in top] + [list(top[:j]) for j in sizes]
+
+
+def split_sets(top: Sequence[Neuron], sets: Sequence[Sequence[Neuron]]
+               ) -> tuple[list[list[Neuron]], list[list[Neuron]]]:
+    """(the top singles and prefixes, the controls): the first are measured on every test
+    example (drop and off-target drop), the controls on the concept examples alone."""
+    mine = {_key(s) for s in _top_sets(top, range(1, len(top) + 1))}
+    own: list[list[Neuron]] = []
+    ctrl: list[list[Neuron]] = []
+    for s in sets:
+        (own if _key(s) in mine else ctrl).append(list(s))
+    return own, ctrl
+
+
+def random_controls(top: Sequence[Neuron], n_neurons: Callable[[int], int], n_random: int, seed: int
+                    ) -> tuple[list[list[Neuron]], dict[int, list[Neuron]]]:
+    """(nested draws, {layer: random single neurons}).
+
+    Draw r is a list of len(top) neurons, the i-th from the layer of top[i], without
+    repetition and never a top neuron; its prefixes are the controls of every size.
+    Singles of the first top neuron's layer are the draws' first elements."""
+    rng = np.random.default_rng(seed)
+    taken: dict[int, set[int]] = {}
+    for l, n in top:
+        taken.setdefault(l, set()).add(n)
+    pools = {l: np.setdiff1d(np.arange(n_neurons(l)), sorted(t)) for l, t in taken.items()}
+    need = {l: sum(1 for x, _ in top if x == l) for l in taken}
+    for l, p in pools.items():
+        if len(p) < need[l]:
+            raise ValueError(f"layer {l} has too few neurons outside the top set for random controls")
+    # the draws' first neurons are distinct: they are also the single controls of that layer
+    l0 = top[0][0] if top else None
+    firsts = rng.choice(pools[l0], size=min(n_random, len(pools[l0])), replace=False) if top else []
+    draws = []
+    for r in range(n_random):
+        perm = {l: rng.permutation(p) for l, p in pools.items()}
+        if top and r < len(firsts):
+            rest = perm[l0][perm[l0] != firsts[r]]
+            perm[l0] = np.concatenate([[firsts[r]], rest])
+        it = {l: iter(p) for l, p in perm.items()}
+        draws.append([(l, int(next(it[l]))) for l, _ in top])
+    singles: dict[int, list[Neuron]] = {}
+    if top:
+        singles[l0] = list(dict.fromkeys(d[0] for d in draws))
+    for l in sorted(pools):
+        if l not in singles:
+            pick = rng.choice(pools[l], size=min(n_random, len(pools[l])), replace=False)
+            singles[l] = [(l, int(n)) for n in pick]
+    return draws, singles
+
+
+def zscore(drop: float, null: np.ndarray) -> tuple[float, float, float]:
+    """(mean, std, z) of `drop` against the control drops (ddof = 1)."""
+    null = np.asarray(null, dtype=float)
+    mu = float(null.mean()) if null.size else float("nan")
+    sd = float(null.std(ddof=1)) if null.size > 1 else float("nan")
+    if not np.isfinite(sd):
+        z = float("nan")
+    elif sd > 0:
+        z = (drop - mu) / sd
+    else:
+        z = 0.0 if drop == mu else float(np.sign(drop - mu) * np.inf)
+    return mu, sd, float(z)
+
+
+def ablation_rows(method: str, metric: str, top: Sequence[Neuron], draws: Sequence[Sequence[Neuron]],
+                  singles: dict[int, list[Neuron]], drops: dict[tuple, tuple[float, float, float, float]],
+                  n_examples: int, sizes: Sequence[int] | None = None) -> list[dict]:
+    """Rows of the ablations table for one method. `drops[set key]` =
+    (base_conf, ablated_conf, drop, off_target_drop) measured for that set; random
+    controls (and z) at `sizes` (default: every size)."""
+    sizes = set(range(1, len(top) + 1) if sizes is None else sizes)
+    key = lambda s: tuple(sorted(s))  # noqa: E731
+    rows = []
+
+    def row(mode, s, k, layer, neuron, null=None, loo=False):
+        base, abl, drop, off = drops[key(s)]
+        mu = sd = z = None
+        if null is not None:
+            mu, sd, z = zscore(drop, null)
+        rows.append(dict(method=method, mode=mode, k=k, layer=layer, neuron=neuron, metric=metric,
+                         base_conf=base, ablated_conf=abl, drop=drop, random_drop_mean=mu,
+                         random_drop_std=sd, z=z, off_target_drop=off, n_examples=n_examples,
+                         neurons=[neuron_id(l, n) for l, n in s]))
+
+    single_null = {l: np.array([drops[key([x])][2] for x in xs]) for l, xs in singles.items()}
+    for l, n in top:
+        row("single", [(l, n)], 1, l, n, single_null[l])
+    for j in sorted(sizes):
+        l, n = top[j - 1]
+        null = np.array([drops[key(d[:j])][2] for d in draws])
+        row("cumulative", list(top[:j]), j, l, n, null)
+        for r, d in enumerate(draws):
+            others = np.delete(null, r)
+            dl, dn = d[j - 1]
+            row("random", list(d[:j]), j, dl, dn, others)
+    for l, xs in singles.items():
+        if l == top[0][0]:
+            continue            # already rows: the size-1 prefixes above
+        others_all = single_null[l]
+        for r, (xl, xn) in enumerate(xs):
+            row("random", [(xl, xn)], 1, xl, xn, np.delete(others_all, r))
+    return rows
+
+
+def run_ablations(adapter: Adapter, probes: ProbeSet, store: Store, *, top_k: int = 10, seed: int = 0,
+                  batch_size: int = 32, key: str, run_id: str, confidence=None, bars=None,
+                  methods: Sequence[str] = DEFAULT_METHODS, n_random: int = N_RANDOM,
+                  sizes: Sequence[int] = CONTROL_SIZES, replicas: int | None = None) -> pa.Table:
+    """Ablate the top-k neurons (each method × mode) and publish the `ablations` partition."""
+    from neurolens.engine.causal.confidence import Confidence
+
+    methods = parse_methods(methods)
+    if n_random < 2:
+        raise ValueError("n_random must be at least 2 to estimate a spread")
+    parts = {"model": adapter.name, "concept": probes.concept}
+    conf = confidence or Confidence(adapter, probes.examples, batch_size=batch_size)
+    top, scores = top_neurons(store, adapter.name, probes.concept, top_k)
+    schema = SCHEMAS["ablations"]
+    if not top:
+        table = schema.empty_table()
+        store.write_partition("ablations", parts, table, key=key, run_id=run_id)
+        return table
+    test = ablation_examples(probes)
+    pos = np.array([e.label == 1 for e in test])
+    draws, singles = random_controls(top, adapter.n_neurons, n_random, seed)
+    csizes = control_sizes(len(top), sizes)
+    sets = distinct_sets(top, draws, singles, csizes)
+    layers = sorted({l for l, _ in top})
+    values = ranges = None
+    if any(m in ("mean", "range") for m in methods):
+        values, ranges = neuron_stats(store, adapter.name, probes, layers, scores)
+    own, ctrl = split_sets(top, sets)
+    concept = [e for e, p in zip(test, pos) if p]
+    bs = max(1, batch_size // 2)
+    total = len(test) + len(methods) * ((len(test) if own else 0) + (len(concept) if ctrl else 0))
+    rows: list[dict] = []
+    stage = progress_stage(bars, "ablate", total)
+    with stage as tick:
+        base = base_confidence(adapter, conf, test, batch_size=bs)
+        tick(len(test))
+        b_on = float(base[pos].mean())
+        for method in methods:
+            kw = dict(method=method, values=values, ranges=ranges, batch_size=bs, replicas=replicas,
+                      progress=tick)
+            drops = {}
+            abl = ablate_sets(adapter, conf, test, own, **kw)
+            on, off = relative_drop(base[pos], abl[:, pos]), relative_drop(base[~pos], abl[:, ~pos])
+            for i, s in enumerate(own):
+                drops[_key(s)] = (b_on, float(abl[i, pos].mean()), float(on[i]), float(off[i]))
+            # controls: only their drop enters a z, so only the concept examples are run
+            abl = ablate_sets(adapter, conf, concept, ctrl, **kw)
+            on = relative_drop(base[pos], abl)
+            for i, s in enumerate(ctrl):
+                drops[_key(s)] = (b_on, float(abl[i].mean()), float(on[i]), None)
+            rows += ablation_rows(method, conf.metric, top, draws, singles, drops, int(pos.sum()),
+                                  csizes)
+    for r in rows:
+        r["run_id"] = run_id
+    table = pa.Table.from_pylist(rows, schema=schema)
+    store.write_partition("ablations", parts, table, key=key, run_id=run_id)
+    return table
+
+
+
+def ablation_examples(probes: ProbeSet) -> list[Example]:
+    """The examples ablation is measured on: the test split."""
+    return probes.split("test")

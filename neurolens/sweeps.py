@@ -1,0 +1,211 @@
+"""A sweep: every model × concept pair through the run pipeline, one model loaded at a time,
+resumable (pairs already in the store are reused), failures recorded per pair, then the
+model's labels and the report set once at the end."""
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from neurolens.api import Finding, PathLike, _methods, run_config
+from neurolens.constants import Z_MIN
+from neurolens.errors import ModelError, NeuroLensError, ProbeError, StoreError, first_line
+from neurolens.store.paths import out_dir, reports_dir, store_dir
+
+
+@dataclass
+class Outcome:
+    model: str
+    concept: str
+    status: str   # ran | skipped | failed
+    detail: str
+
+
+@dataclass
+class SweepResult:
+    """Every pair's outcome, the findings of those that ran or were reused, and the report set."""
+
+    outcomes: list[Outcome]
+    findings: list[Finding]
+    report_path: Path | None = None
+
+    @property
+    def table(self) -> pl.DataFrame:
+        return pl.DataFrame([o.__dict__ for o in self.outcomes],
+                            schema={"model": pl.String, "concept": pl.String, "status": pl.String,
+                                    "detail": pl.String})
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    def _repr_html_(self) -> str:
+        return self.table._repr_html_()
+
+
+def run_pairs(models: Sequence[str], concepts: Sequence[str], modality_of: dict[str, str],
+              config_for: Callable[[str, str], Any], bars: Any, done: list[Outcome], *,
+              dtype: str = "float32", device: str | None = None, device_map: str | None = None,
+              max_memory: str | None = None, out: PathLike | None = None,
+              findings: list[Finding] | None = None) -> None:
+    """Run every model × concept pair, appending each outcome to `done` (kept when a StoreError
+    stops it): a model that cannot load or a pair that fails is recorded and the rest go on."""
+    from neurolens.engine.models import registry
+    from neurolens.probes import load_concept
+
+    with bars.stage("sweep", len(models) * len(concepts)) as overall:
+        for m in models:
+            try:
+                adapter = registry.load(m, device=device, dtype=dtype, device_map=device_map,
+                                        max_memory=max_memory)
+            except NeuroLensError as e:
+                done.append(Outcome(m, "*", "failed", f"cannot load: {first_line(e)}"))
+                overall(len(concepts))
+                continue
+            todo = [c for c in concepts if modality_of[c] == adapter.modality]
+            other = [c for c in concepts if c not in todo]
+            if other:
+                done.append(Outcome(adapter.name, ", ".join(other), "skipped",
+                                    f"{modality_of[other[0]]} concepts; {adapter.name} is a "
+                                    f"{adapter.modality} model"))
+                overall(len(other))
+            for c in todo:
+                try:
+                    cfg = config_for(m, c)
+                    cfg.report = False  # the report set is rendered once, at the end
+                    cfg.relabel = False  # and the model's labels once, after its concepts
+                    f = run_config(cfg, adapter=adapter, probes=load_concept(c), bars=bars)
+                    stages = {"extract", "score"} | ({"ablate"} if cfg.ablate else set())
+                    if f is not None and findings is not None:
+                        findings.append(f)
+                    if f is not None and stages <= set(f.skipped):
+                        done.append(Outcome(adapter.name, c, "skipped", "already in the store"))
+                    elif f is not None and f.note:
+                        done.append(Outcome(adapter.name, c, "ran", f.note))
+                    else:
+                        done.append(Outcome(adapter.name, c, "ran", _detail(f, cfg.top_k, cfg.ablate)))
+                except StoreError as e:  # the store itself is unusable (disk full): stop
+                    done.append(Outcome(adapter.name, c, "failed", first_line(e)))
+                    raise
+                except NeuroLensError as e:
+                    done.append(Outcome(adapter.name, c, "failed", first_line(e)))
+                except Exception as e:  # noqa: BLE001 - one broken pair must not end a sweep
+                    if os.environ.get("NEUROLENS_DEBUG"):
+                        traceback.print_exc()
+                    done.append(Outcome(adapter.name, c, "failed",
+                                        f"internal error: {type(e).__name__}: {first_line(e)}"))
+                overall(1)
+            if any(o.model == adapter.name and o.status != "failed" for o in done):
+                relabel(adapter.name, out, done)
+            del adapter
+
+
+def _detail(f: Finding | None, k: int, ablated: bool) -> str:
+    """A sweep row: significant top neurons, how many replicate on held-out groups, and how
+    many a single-neuron ablation validates (z >= Z_MIN against random controls)."""
+    if f is None:
+        return "0 significant top neurons"
+    top = f.top(k)
+    out = f"{top.height} significant top neurons"
+    if "replicated" in top.columns:
+        out += f", {int(top['replicated'].fill_null(False).sum())} replicated"
+    if ablated:
+        n = int((top["z"].fill_null(float("-inf")) >= Z_MIN).sum()) if "z" in top.columns else 0
+        out += f", {n} validated"
+    return out
+
+
+def relabel(model: str, out: PathLike | None, done: list[Outcome]) -> None:
+    """The model's labels, rebuilt once from every concept now stored for it."""
+    from neurolens.engine.labels.stage import label_model
+    from neurolens.pipeline import new_run_id
+    from neurolens.store import Store as _Store
+
+    try:
+        label_model(_Store(store_dir(out)), model, run_id=new_run_id())
+    except NeuroLensError as e:
+        done.append(Outcome(model, "*", "failed", f"labels: {first_line(e)}"))
+
+
+def _names(value: str | Iterable[str], every: Iterable[str]) -> list[str]:
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else [str(v) for v in value]
+    out: list[str] = []
+    for v in (v for v in items if v):
+        for x in (list(every) if v == "all" else [v]):
+            if x not in out:
+                out.append(x)
+    return out
+
+
+def plan_sweep(models: str | Iterable[str], concepts: str | Iterable[str],
+               config_for: Callable[[str, str], Any], *, device: str | None = None,
+               device_map: str | None = None, max_memory: str | None = None,
+               what: tuple[str, str] = ("models", "concepts")) -> tuple[list[str], list[str], dict[str, str]]:
+    """The models and concepts asked for, checked before any work starts: (models, concepts,
+    modality of every built-in concept). `what` names the two arguments in messages."""
+    from neurolens.engine.models import registry
+    from neurolens.pipeline import check_config
+    from neurolens.probes import list_concepts
+
+    modality_of = {c.name: c.modality for c in list_concepts()}
+    ms = _names(models, registry.known_models())
+    cs = _names(concepts, modality_of)
+    if not ms:
+        raise ModelError(f"{what[0]} names no model")
+    if not cs:
+        raise ProbeError(f"{what[1]} names no concept")
+    unknown = [c for c in cs if c not in modality_of]
+    if unknown:
+        raise ProbeError(f"unknown concept {unknown[0]!r}; known: {', '.join(modality_of)}")
+    for m in ms:
+        registry.resolve(m)  # an unknown name or a folder that is not a checkpoint fails now
+    check_config(config_for(ms[0], cs[0]))
+    registry.pick_device(device)
+    registry.placement(device_map, max_memory, device)
+    return ms, cs, modality_of
+
+
+def sweep(models: str | Iterable[str], concepts: str | Iterable[str] = "all", *, ablate: bool = True,
+          out: PathLike | None = None, top_k: int = 10, layers: Sequence[int] | None = None,
+          pooling: str = "mean", dtype: str = "float32", device: str | None = None, batch_size: int = 32,
+          seed: int = 0, importance: bool = True, report: bool = True,
+          ablate_methods: str | Sequence[str] = "zero", device_map: str | None = None,
+          max_memory: str | None = None, progress: bool | None = None) -> SweepResult:
+    """Every model × concept pair ("all", a comma-separated string or a list of each), resumable:
+    pairs already in the store are reused. Failures are recorded in the result, not raised
+    (except a StoreError, which stops the sweep)."""
+    from neurolens.pipeline import RunConfig
+    from neurolens.progress import Bars
+
+    outdir = str(out_dir(out))
+
+    def config_for(m: str, c: str) -> RunConfig:
+        return RunConfig(model=m, concept=c, layers=list(layers) if layers else None, pooling=pooling,
+                         dtype=dtype, device=device, batch_size=batch_size, seed=seed, ablate=ablate,
+                         ablate_methods=_methods(ablate_methods), top_k=top_k, importance=importance,
+                         report=report, out=outdir, device_map=device_map, max_memory=max_memory)
+
+    ms, cs, modality_of = plan_sweep(models, concepts, config_for, device=device, device_map=device_map,
+                                     max_memory=max_memory)
+    done: list[Outcome] = []
+    findings: list[Finding] = []
+    with Bars(enabled=progress) as bars:
+        run_pairs(ms, cs, modality_of, config_for, bars, done, dtype=dtype, device=device,
+                  device_map=device_map, max_memory=max_memory, out=outdir, findings=findings)
+    index = None
+    if report and any(o.status != "failed" for o in done):
+        from neurolens.reporting import render_set
+
+        try:
+            index = render_set(store_dir(outdir), reports_dir(outdir), progress=progress)
+        except NeuroLensError as e:
+            done.append(Outcome("*", "*", "failed", f"report set: {first_line(e)}"))
+    return SweepResult(done, findings, index)
+
+
+__all__ = ["Outcome", "SweepResult", "plan_sweep", "run_pairs", "sweep"]
