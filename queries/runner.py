@@ -30,6 +30,7 @@ from neurolens.errors import QueryError, first_line  # noqa: F401 - re-exported:
 from neurolens.store.duck import connect as _connect
 from neurolens.store.duck import write_views
 from neurolens.store.layout import Store, StoreError
+from neurolens.store.sql import read_sql, sql_files
 
 QUERY_DIR = Path(__file__).resolve().parent
 
@@ -188,11 +189,11 @@ def _load(name: str) -> NamedQuery:
     if not _NAME.match(name) or not path.is_file():
         known = ", ".join(q for q in query_names())
         raise QueryError(f"unknown query {name!r} (known: {known})")
-    return parse(path.read_text(encoding="utf-8"), name, path)
+    return parse(read_sql(QUERY_DIR, name), name, path)
 
 
 def query_names() -> list[str]:
-    return sorted(p.stem for p in QUERY_DIR.glob("*.sql"))
+    return sql_files(QUERY_DIR)
 
 
 def get(name: str) -> NamedQuery:

@@ -5,10 +5,7 @@ only shapes the small results for templates and charts.
 """
 from __future__ import annotations
 
-import functools
-import re
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -17,41 +14,28 @@ import polars as pl
 
 from neurolens.constants import ALPHA, Z_MIN  # one home for both thresholds
 from neurolens.errors import ReportError  # noqa: F401 - re-exported: its home is neurolens.errors
+from neurolens.store.sql import bind, read_sql, run_file, statement
 
 
-_PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
-
-
-@functools.cache
-def sql_text(name: str) -> str:
-    return resources.files("neurolens.reports").joinpath("sql", f"{name}.sql").read_text()
-
-
-def _params(sql: str, params: dict[str, Any]) -> dict[str, Any]:
-    used = set(_PARAM.findall(sql))
-    missing = used - set(params)
-    if missing:
-        raise KeyError(f"query needs parameters {sorted(missing)}")
-    return {k: v for k, v in params.items() if k in used}
+SQL_DIR = Path(__file__).resolve().parent / "sql"
 
 
 def query(con: duckdb.DuckDBPyConnection, name: str, **params: Any) -> pl.DataFrame:
     """Run the named SQL file with its `$name` parameters filled; a polars frame."""
     params.setdefault("alpha", ALPHA)
     params.setdefault("z_min", Z_MIN)
-    sql = sql_text(name).strip().rstrip(";")
-    return con.sql(sql, params=_params(sql, params)).pl()
+    return run_file(con, SQL_DIR, name, **params)
 
 
 def stage_neuron_values(con: duckdb.DuckDBPyConnection, model: str, concept: str,
                         neurons: list[tuple[int, int]]) -> None:
     """Materialise the selected neurons' activation columns once as `neuron_values`,
     which the histogram, group and fallback-example queries then read."""
-    sql = sql_text("neuron_values").strip().rstrip(";")
+    sql = statement(read_sql(SQL_DIR, "neuron_values"))
     params = {"model": model, "concept": concept,
               "layers": [int(layer) for layer, _ in neurons],
               "neurons": [int(n) for _, n in neurons]}
-    con.sql(f"CREATE OR REPLACE TEMP TABLE neuron_values AS {sql}", params=_params(sql, params))
+    con.sql(f"CREATE OR REPLACE TEMP TABLE neuron_values AS {sql}", params=bind(sql, params))
 
 
 def connect(store_root: str | Path) -> duckdb.DuckDBPyConnection:

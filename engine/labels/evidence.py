@@ -17,6 +17,7 @@ from neurolens.constants import ALPHA
 from neurolens.errors import first_line
 from neurolens.store import Store, StoreError
 from neurolens.store.duck import connect
+from neurolens.store.sql import run_file
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
 N_TOKENS = 5            # tokens named in a label
@@ -27,10 +28,9 @@ RELATED_R = 0.7         # concepts whose selectivities correlate this much over 
 
 def run_sql(store: Store, name: str, **params) -> pl.DataFrame:
     """Run engine/labels/sql/<name>.sql over the store's views with `$name` parameters bound."""
-    text = (SQL_DIR / f"{name}.sql").read_text(encoding="utf-8")
     con = connect(store)
     try:
-        return con.sql(text, params=params).pl()
+        return run_file(con, SQL_DIR, name, **params)
     except duckdb.Error as e:
         raise StoreError(f"labels: reading the store failed ({first_line(e)})") from None
     finally:
