@@ -144,8 +144,23 @@ def pooled_activations(adapter: Adapter, examples: Sequence[Example], layers: Se
     (`InPass.result`) from the same forward, and a readout probe is fitted on the way."""
     shard = shard or Shard()
     layers = sorted(layers)
+    grad, feat = _row_kinds(adapter, examples, layers, batch_size, in_pass)
+    batches = _dealt_batches(adapter, examples, grad, feat, batch_size, in_pass, shard)
+    p = _Pass(adapter, layers, pooling, batches, grad, in_pass)
+    tokens = 0
+    for kind, sub, b in batches:
+        tokens += p.run(kind, sub, b)
+        if progress:
+            progress(b.size)
+    p.finish()
+    return p.rows, p.bufs, tokens
+
+
+def _row_kinds(adapter: Adapter, examples: Sequence[Example], layers: list[int], batch_size: int,
+               in_pass: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(grad, feat) row masks: rows that take a backward (the concept train rows, when
+    importance is taken in the pass), and rows whose features fit the readout probe."""
     n = len(examples)
-    dev = adapter.device
     conf = in_pass.conf if in_pass is not None else None
     readout = conf is not None and not conf.fitted
     grad = in_pass.grad if in_pass is not None else np.zeros(n, dtype=bool)
@@ -155,74 +170,102 @@ def pooled_activations(adapter: Adapter, examples: Sequence[Example], layers: Se
                                                        batch_size))
         if in_pass.graph_bytes(adapter, toks, layers) > in_pass.budget:
             feat, grad = in_pass.train.copy(), np.zeros(n, dtype=bool)   # features only
-    # plain rows stop after the last site; feature rows run to the features; grad rows backward
+    return grad, feat
+
+
+def _dealt_batches(adapter: Adapter, examples: Sequence[Example], grad: np.ndarray, feat: np.ndarray,
+                   batch_size: int, in_pass: Any, shard: Shard) -> list[tuple[str, np.ndarray, Any]]:
+    """(kind, example rows, batch) for this process: plain rows stop after the last site,
+    feature rows run to the features, grad rows take a backward."""
     groups = [(k, np.flatnonzero(m)) for k, m in (("plain", ~grad & ~feat), ("feat", feat),
                                                    ("grad", grad))]
     batches = [(k, sub, b) for k, sub in groups if len(sub)
                for b in adapter.batches([examples[i] for i in sub], batch_size,
-                                        with_targets=k == "grad" and conf.with_targets)]
-    batches = batches[shard.rank::shard.world]
-    n_rows = sum(b.size for _, _, b in batches)
-    bufs = {l: torch.empty(n_rows, adapter.n_neurons(l), dtype=torch.float16, device=dev) for l in layers}
-    rows = np.empty(n_rows, dtype=np.int64)
-    # attributions of the concept train rows only (row gpos[i] for example i)
-    gpos = np.cumsum(grad) - 1
-    attr = {l: np.zeros((int(grad.sum()), adapter.n_neurons(l)), dtype=np.float32)
-            for l in layers} if grad.any() else {}
-    state: dict = {}
+                                        with_targets=k == "grad" and in_pass.conf.with_targets)]
+    return batches[shard.rank::shard.world]
 
-    def grab(layer: int, out: torch.Tensor) -> torch.Tensor | None:
-        b, s = state["batch"], state["start"]
+
+class _Pass:
+    """One extraction pass: buffers the pooled values, and (with `in_pass`) the features
+    for the readout probe and the concept rows' attributions."""
+
+    def __init__(self, adapter: Adapter, layers: list[int], pooling: str, batches: list,
+                 grad: np.ndarray, in_pass: Any):
+        self.adapter, self.layers, self.pooling, self.in_pass = adapter, layers, pooling, in_pass
+        self.conf = in_pass.conf if in_pass is not None else None
+        self.readout = self.conf is not None and not self.conf.fitted
+        n_rows = sum(b.size for _, _, b in batches)
+        dev = adapter.device
+        self.bufs = {l: torch.empty(n_rows, adapter.n_neurons(l), dtype=torch.float16, device=dev)
+                     for l in layers}
+        self.rows = np.empty(n_rows, dtype=np.int64)
+        # attributions of the concept train rows only (row gpos[i] for example i)
+        self.gpos = np.cumsum(grad) - 1
+        self.attr = {l: np.zeros((int(grad.sum()), adapter.n_neurons(l)), dtype=np.float32)
+                     for l in layers} if grad.any() else {}
+        self.state: dict = {}
+        self.feats: list = []
+        self.labels: list = []
+        self.kept: list = []
+        self.start = 0
+
+    def grab(self, layer: int, out: torch.Tensor) -> torch.Tensor | None:
+        """The site hook: pool into the buffer; on grad rows, add the zero to differentiate."""
+        st = self.state
+        b, s = st["batch"], st["start"]
         a = out.detach()
-        bufs[layer][s:s + b.size] = pool(a, pooling, b.mask, b.concept_mask).to(torch.float16)
-        if not state["grad"]:
+        self.bufs[layer][s:s + b.size] = pool(a, self.pooling, b.mask, b.concept_mask).to(torch.float16)
+        if not st["grad"]:
             return None
         z = torch.zeros_like(out, requires_grad=True)
-        state["z"][layer], state["a"][layer] = z, a
+        st["z"][layer], st["a"][layer] = z, a
         return out + z
 
-    feats, labels, kept = [], [], []
-    tokens, start = 0, 0
-    for kind, sub, b in batches:
-        b = b.to(dev)
+    def run(self, kind: str, sub: np.ndarray, b) -> int:
+        """Run one batch; returns its tokens."""
+        adapter, layers = self.adapter, self.layers
+        b = b.to(adapter.device)
         gidx = sub[b.index.numpy()]
-        state.update(batch=b, start=start, grad=kind == "grad", z={}, a={})
+        self.state.update(batch=b, start=self.start, grad=kind == "grad", z={}, a={})
         if kind == "grad":
-            with torch.enable_grad(), on_sites(adapter, layers, grab):
-                if readout:
+            with torch.enable_grad(), on_sites(adapter, layers, self.grab):
+                if self.readout:      # the backward waits for the probe: keep the graph
                     f = adapter.features(b)
-                    feats.append(f.detach().double().cpu().numpy())
-                    labels.append(b.labels.numpy())
-                    kept.append((b, gidx, state["z"], state["a"], f))
+                    self._features(f.detach(), b)
+                    self.kept.append((b, gidx, self.state["z"], self.state["a"], f))
                 else:
-                    a_ = in_pass.attributions(b, state["z"], state["a"], conf(b), layers)
-                    for l in layers:
-                        attr[l][gpos[gidx]] = a_[l]
+                    self._attribute(b, gidx, self.state["z"], self.state["a"], self.conf(b))
         else:
-            with torch.inference_mode(), on_sites(adapter, layers, grab,
-                                                  stop_after=None if kind == "feat" else layers[-1]):
+            stop = None if kind == "feat" else layers[-1]
+            with torch.inference_mode(), on_sites(adapter, layers, self.grab, stop_after=stop):
                 if kind == "feat":
-                    feats.append(adapter.features(b).double().cpu().numpy())
-                    labels.append(b.labels.numpy())
+                    self._features(adapter.features(b), b)
                 else:
                     adapter.forward(b)
-        rows[start:start + b.size] = gidx
-        start += b.size
-        tokens += b.n_tokens
-        if progress:
-            progress(b.size)
-    if readout and feats:
-        conf.fit_features(np.concatenate(feats), np.concatenate(labels))
-    while kept:                              # the concept rows' backward, the probe now fitted
-        b, gidx, zs, acts, f = kept.pop(0)
-        with torch.enable_grad():
-            a_ = in_pass.attributions(b, zs, acts, conf.readout(f, b.labels), layers)
-        for l in layers:
-            attr[l][gpos[gidx]] = a_[l]
-        del zs, acts, f
-    if in_pass is not None and attr:
-        in_pass.result = {l: np.abs(v).astype(np.float64).mean(0) for l, v in attr.items()}
-    return rows, bufs, tokens
+        self.rows[self.start:self.start + b.size] = gidx
+        self.start += b.size
+        return b.n_tokens
+
+    def _features(self, f: torch.Tensor, b) -> None:
+        self.feats.append(f.double().cpu().numpy())
+        self.labels.append(b.labels.numpy())
+
+    def _attribute(self, b, gidx: np.ndarray, zs: dict, acts: dict, m: torch.Tensor) -> None:
+        a_ = self.in_pass.attributions(b, zs, acts, m, self.layers)
+        for l in self.layers:
+            self.attr[l][self.gpos[gidx]] = a_[l]
+
+    def finish(self) -> None:
+        """Fit the readout probe, then the kept concept rows' backwards; the importance."""
+        if self.readout and self.feats:
+            self.conf.fit_features(np.concatenate(self.feats), np.concatenate(self.labels))
+        while self.kept:
+            b, gidx, zs, acts, f = self.kept.pop(0)
+            with torch.enable_grad():
+                self._attribute(b, gidx, zs, acts, self.conf.readout(f, b.labels))
+            del zs, acts, f
+        if self.in_pass is not None and self.attr:
+            self.in_pass.result = {l: np.abs(v).astype(np.float64).mean(0) for l, v in self.attr.items()}
 
 
 def extract(adapter: Adapter, probes: ProbeSet, store: Store, *, layers: Sequence[int], run_id: str,
