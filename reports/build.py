@@ -88,7 +88,8 @@ def _display_tokens(tokens: list[str], acts: list[float]) -> list[dict]:
 def render_report(store_root: str | Path, model: str, concept: str, out_dir: str | Path, *,
                   top_n: int = TOP_N, con: duckdb.DuckDBPyConnection | None = None,
                   entries: list[Entry] | None = None, index_link: bool | None = None) -> Path:
-    """Render the report of one model × concept to `<out_dir>/<model>__<concept>.html`."""
+    """Render the report of one model × concept to `<out_dir>/<model>__<concept>.html`:
+    each section is one step below, gathering its numbers and charts."""
     out_dir = Path(out_dir)
     con = con or connect(store_root)
     entries = entries if entries is not None else catalog(con)
@@ -97,98 +98,111 @@ def render_report(store_root: str | Path, model: str, concept: str, out_dir: str
     p = {"model": model, "concept": concept}
     c = Charts()
     notes: defaultdict[str, str] = defaultdict(str)
+    head = _headline(con, p, top_n)
+    where = _where_section(con, c, p, entry, head)
+    scatter = _scatter_section(con, c, p, head)
+    sankey = _sankey_section(con, p, head["have_labels"], notes)
+    abl = _ablation_section(con, c, p, head["have_ablations"], notes)
+    cards = _cards(con, c, model, concept, entry, head["top"], head.pop("singles"), notes)
+    top = head["top"]
+    ctx = dict(
+        kind="report", title=f"{concept} in {model}", model=model, concept=concept,
+        modality=entry.modality, run_layers=_ranges(head["run"]["layers"]) if head["run"] else "–",
+        seconds=_seconds, n_layers=entry.n_layers, best=top[0] if top else None, cards=cards,
+        top_validated=sum(bool(t["validated"]) for t in top),
+        finding=_finding(con, p, head["run"], head["n_scored"], head["have_ablations"]),
+        overlap=_overlap(con, p, OVERLAP_K), alpha=ALPHA, z_min=Z_MIN, notes=notes,
+        **head, **where, **scatter, **sankey, **abl,
+        index_link=(out_dir / "index.html").exists() if index_link is None else index_link,
+        generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    )
+    return render_page("report.html.j2", out_dir / report_name(model, concept), c, **ctx)
 
+
+def _headline(con, p: dict, top_n: int) -> dict:
+    """The run, the counts per layer, the top neurons and what was validated."""
     run_df = query(con, "run_info", **p)
-    run = run_df.to_dicts()[0] if run_df.height else None
     layer_counts = query(con, "layer_counts", **p)
-    n_scored = int(layer_counts["n_scored"].sum())
-    n_sig = int(layer_counts["n_sig"].sum())
-    top = query(con, "top_neurons", k=top_n, **p).to_dicts()
     have_ablations = has_rows(con, "ablations", **p)
-    have_labels = has_rows(con, "labels", model=model)
     singles = query(con, "ablation_single", **p) if have_ablations else None
-    n_validated = (singles.filter(pl.col("z") >= Z_MIN).select("layer", "neuron").unique().height
-                   if singles is not None else None)
-    finding = _finding(con, p, run, n_scored, have_ablations)
+    return dict(
+        run=run_df.to_dicts()[0] if run_df.height else None, layer_counts=layer_counts.to_dicts(),
+        n_scored=int(layer_counts["n_scored"].sum()), n_sig=int(layer_counts["n_sig"].sum()),
+        top=query(con, "top_neurons", k=top_n, **p).to_dicts(), have_ablations=have_ablations,
+        have_labels=has_rows(con, "labels", model=p["model"]), singles=singles,
+        n_validated=(singles.filter(pl.col("z") >= Z_MIN).select("layer", "neuron").unique().height
+                     if singles is not None else None),
+    )
 
-    # -- where it lives ---------------------------------------------------------------
-    bins = min(64, max(8, int(layer_counts["n_scored"].max() or 1)))
+
+def _where_section(con, c: Charts, p: dict, entry: Entry, head: dict) -> dict:
+    """Where it lives: the layer map, and the concept's share among the sweep's concepts."""
+    widest = max((r["n_scored"] or 0 for r in head["layer_counts"]), default=0)
+    bins = min(64, max(8, int(widest or 1)))
     lm = query(con, "layer_map", bins=bins, **p)
-    layer_map_id = c.add(ch.layer_map(lm, entry.n_layers or lm["layer"].n_unique()), "layers")
-    sweep = query(con, "sweep_share", model=model)
-    sweep_id = c.add(ch.sweep_share(sweep, concept), "sweep")
-    n_concepts = sweep["concept"].n_unique()
+    sweep = query(con, "sweep_share", model=p["model"])
+    return dict(layer_map_id=c.add(ch.layer_map(lm, entry.n_layers or lm["layer"].n_unique()), "layers"),
+                sweep_id=c.add(ch.sweep_share(sweep, p["concept"]), "sweep"),
+                n_concepts=sweep["concept"].n_unique())
 
-    # -- scatter ----------------------------------------------------------------------
+
+def _scatter_section(con, c: Charts, p: dict, head: dict) -> dict:
+    """Selectivity against importance, sampled to keep the page light, and a note saying how."""
+    n_scored, n_sig = head["n_scored"], head["n_sig"]
     n_rest = n_scored - n_sig
     keep = 1.0 if n_rest <= SCATTER_MAX_REST else SCATTER_MAX_REST / n_rest
     best = SCATTER_MAX_SIG // 2
     keep_sig = 1.0 if n_sig <= SCATTER_MAX_SIG else (SCATTER_MAX_SIG - best) / max(1, n_sig - best)
     sc = query(con, "scatter", keep=keep, keep_sig=keep_sig, max_sig=best, **p)
-    scatter_id = c.add(ch.scatter(sc), "scatter")
-    scatter_note = None
+    note = None
     if keep < 1.0 or keep_sig < 1.0:
         shown = sc.filter(pl.col("status") == "neither").height
         sig_part = (f"all {n_sig:,} significant ones are drawn" if keep_sig >= 1.0 else
                     f"of the {n_sig:,} significant ones, the {best:,} best-ranked and a random "
                     f"sample of the others ({sc.height - shown:,} in all) are drawn")
-        scatter_note = (f"{n_scored:,} neurons were scored; {sig_part}, plus a random sample of "
-                        f"{shown:,} of the other {n_rest:,} ({100 * keep:.1f}%) to keep the page light.")
+        note = (f"{n_scored:,} neurons were scored; {sig_part}, plus a random sample of "
+                f"{shown:,} of the other {n_rest:,} ({100 * keep:.1f}%) to keep the page light.")
+    return dict(scatter_id=c.add(ch.scatter(sc), "scatter"), scatter_note=note)
 
-    # -- sankey -----------------------------------------------------------------------
+
+def _sankey_section(con, p: dict, have_labels: bool, notes: defaultdict[str, str]) -> dict:
+    """Concept to layer to label family, for the whole model."""
+    model = p["model"]
     flows = query(con, "sankey", model=model, max_families=SANKEY_FAMILIES)
-    sankey = sankey_svg(flows.iter_rows(), highlight=concept,
-                        title=f"{model}: concept to layer to family") if flows.height else None
     if not have_labels:
         notes["sankey_labels"] = ("No neuron labels in the store for this model yet, so every "
                                   "neuron's family shows as 'unlabelled'.")
+    return dict(sankey=sankey_svg(flows.iter_rows(), highlight=p["concept"],
+                                  title=f"{model}: concept to layer to family") if flows.height else None)
 
-    # -- ablation ---------------------------------------------------------------------
-    ablation_id = None
-    abl_summary: list[dict] = []
-    if have_ablations:
-        curve = query(con, "ablation_curve", **p)
-        rand = query(con, "ablation_random", **p)
-        if curve.height:
-            ablation_id = c.add(ch.ablation(curve, rand), "ablation")
-            order = {"zero": 0, "mean": 1, "range": 2}
-            for m, g in sorted(curve.group_by("method"), key=lambda mg: (order.get(mg[0][0], 9), mg[0][0])):
-                r = g.sort("k").row(-1, named=True)
-                abl_summary.append({"method": m[0], "k": r["k"], "drop": _f(r["drop"]),
-                                    "random": _f(r["random_drop_mean"]), "z": _f(r["z"]),
-                                    "off": _f(r["off_target_drop"])})
-            notes["ablation_random"] = (
-                "Dots are individual random sets of k neurons from the same layers; the grey band is "
-                "their mean ± 2σ." if rand.height else
-                "The store keeps only the mean and standard deviation of the random sets here: "
-                "the grey band is the normal band mean ± 2σ.")
-        else:
-            notes["ablation"] = "Only single-neuron ablations are stored for this concept (no top-k curve)."
-    else:
+
+def _ablation_section(con, c: Charts, p: dict, have_ablations: bool,
+                      notes: defaultdict[str, str]) -> dict:
+    """The top-k curve against random sets, and each method's drop at the largest k."""
+    ablation_id, abl_summary = None, []
+    if not have_ablations:
         notes["ablation"] = ("No ablations in the store for this model × concept: run with "
                              "--ablate to test whether the model relies on these neurons.")
-
-    # -- passport cards -----------------------------------------------------------------
-    cards = _cards(con, c, model, concept, entry, top, singles, notes)
-
-    # -- the finding ------------------------------------------------------------------
-    best = top[0] if top else None
+        return dict(ablation_id=None, abl_summary=[], zero=None)
+    curve = query(con, "ablation_curve", **p)
+    rand = query(con, "ablation_random", **p)
+    if curve.height:
+        ablation_id = c.add(ch.ablation(curve, rand), "ablation")
+        order = {"zero": 0, "mean": 1, "range": 2}
+        for m, g in sorted(curve.group_by("method"), key=lambda mg: (order.get(mg[0][0], 9), mg[0][0])):
+            r = g.sort("k").row(-1, named=True)
+            abl_summary.append({"method": m[0], "k": r["k"], "drop": _f(r["drop"]),
+                                "random": _f(r["random_drop_mean"]), "z": _f(r["z"]),
+                                "off": _f(r["off_target_drop"])})
+        notes["ablation_random"] = (
+            "Dots are individual random sets of k neurons from the same layers; the grey band is "
+            "their mean ± 2σ." if rand.height else
+            "The store keeps only the mean and standard deviation of the random sets here: "
+            "the grey band is the normal band mean ± 2σ.")
+    else:
+        notes["ablation"] = "Only single-neuron ablations are stored for this concept (no top-k curve)."
     zero = next((a for a in abl_summary if a["method"] == "zero"), abl_summary[0] if abl_summary else None)
-    ctx = dict(
-        kind="report", title=f"{concept} in {model}", model=model, concept=concept,
-        modality=entry.modality, run=run, run_layers=_ranges(run["layers"]) if run else "–",
-        seconds=_seconds, n_scored=n_scored, n_sig=n_sig, n_layers=entry.n_layers,
-        layer_counts=layer_counts.to_dicts(), top=top, best=best, cards=cards,
-        n_validated=n_validated, top_validated=sum(bool(t["validated"]) for t in top),
-        finding=finding, overlap=_overlap(con, p, OVERLAP_K),
-        abl_summary=abl_summary, zero=zero, alpha=ALPHA, z_min=Z_MIN,
-        layer_map_id=layer_map_id, sweep_id=sweep_id, n_concepts=n_concepts,
-        scatter_id=scatter_id, scatter_note=scatter_note, sankey=sankey,
-        ablation_id=ablation_id, notes=notes, have_labels=have_labels,
-        index_link=(out_dir / "index.html").exists() if index_link is None else index_link,
-        generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    )
-    return render_page("report.html.j2", out_dir / report_name(model, concept), c, **ctx)
+    return dict(ablation_id=ablation_id, abl_summary=abl_summary, zero=zero)
 
 
 def _finding(con, p: dict, run: dict | None, n_scored: int, ablated: bool) -> dict:
