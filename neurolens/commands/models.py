@@ -7,7 +7,8 @@ import json
 
 def add_parser(sub) -> None:
     p = sub.add_parser("models", help="list the model registry")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--format", choices=("table", "json"), default="table",
+                   help="a table (default) or JSON")
 
 
 def run(args: argparse.Namespace) -> int:

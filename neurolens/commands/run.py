@@ -3,8 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from neurolens.constants import ALPHA
+from neurolens.constants import ALPHA, Z_MIN
 from neurolens.engine.runtime.pooling import POOLINGS
+
+POOLING_HELP = ("how a neuron's values over an example's tokens become one number: "
+                "mean = the average over the real tokens (default); max = the largest value; "
+                "last = the last real token (what a decoder predicts from); concept = the average "
+                "over the concept word's tokens (the probe's marked span; examples without one "
+                "fall back to mean). Images always pool over space (max, or else mean)")
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -16,19 +22,32 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="skip the causal ablation (default for run)")
     p.add_argument("--ablate-methods", default="zero", metavar="M[,M]",
                    help="ablation methods, comma-separated: zero, mean, range (default zero)")
-    p.add_argument("--top-k", type=int, default=10, metavar="K")
-    p.add_argument("--pooling", choices=POOLINGS, default="mean")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--top-k", type=int, default=10, metavar="K",
+                   help="how many of the best-ranked neurons are printed, ablated (alone, "
+                        "cumulatively and against random sets) and labelled (default 10)")
+    p.add_argument("--pooling", choices=POOLINGS, default="mean", help=POOLING_HELP)
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="the dtype the model runs in (default float32; bfloat16 and float16 "
+                        "halve its memory). The store keeps pooled values as float16 either way")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--device-map", default=None, metavar="MAP",
                    help="spread a big model over GPUs, CPU and disk (auto, balanced, sequential)")
     p.add_argument("--max-memory", default=None, metavar="SIZE",
                    help="cap per device with --device-map: 20GiB, or 0=20GiB,cpu=8GiB; the rest "
                         "is offloaded to disk (implies --device-map auto)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-importance", action="store_true", help="skip the backward pass")
-    p.add_argument("--no-report", action="store_true")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N",
+                   help="examples per forward pass (default 32; ablation runs N/2 with its "
+                        "replicas); lower it when memory runs out")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of torch and of the random neuron sets ablation compares "
+                        "against (default 0): the same seed gives the same controls")
+    p.add_argument("--no-importance", action="store_true",
+                   help="skip the backward pass (about half the time): importance and "
+                        "importance_pct stay empty and score = sqrt(max(selectivity,0) · "
+                        "consistency) instead of the cube root of the three")
+    p.add_argument("--no-report", action="store_true",
+                   help="write the store only, no HTML report (render it later with "
+                        "`neurolens report`)")
     p.add_argument("--out", default=None, help="output folder (default $NEUROLENS_OUT or ./neurolens-out)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -36,7 +55,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="probe one model for one concept")
     p.add_argument("--model", required=True,
-                   help="registry name, .gguf file, local checkpoint folder, or hub id")
+                   help="registry name (see `neurolens models`), .gguf file, local checkpoint "
+                        "folder, or hub id")
     p.add_argument("--concept", help="a built-in concept (see `neurolens concepts`)")
     p.add_argument("--probes", help="a custom probe file (.json, .jsonl, .csv) or image folder")
     add_common(p)
@@ -56,26 +76,65 @@ def config(args: argparse.Namespace, model: str, concept: str | None, *, ablate:
 
 
 def print_top(res, console, k: int = 10) -> None:
-    """The finding's top k neurons as a rich table (`res` is a neurolens.api.Finding)."""
+    """The finding's top k neurons as a rich table (`res` is a neurolens.api.Finding); with
+    ablations, each neuron's single-ablation z and whether it is validated, then the
+    top-k set's ablation statistics per method."""
     from rich.table import Table
 
     top = res.top(k)
+    ablated = "z" in top.columns
     t = Table(title=f"top neurons · {res.model} · {res.concept}")
-    for c in ("neuron", "rank", "score", "selectivity", "consistency", "importance pct", "q",
-              "held-out p", "replicated"):
+    cols = ["neuron", "rank", "score", "selectivity", "consistency", "importance pct", "q",
+            "held-out p", "replicated"] + (["ablation z", "validated"] if ablated else [])
+    for c in cols:
         t.add_column(c, justify="right")
-    if top is not None:
-        for r in top.to_dicts():
-            imp = "—" if r["importance_pct"] is None else f"{r['importance_pct']:.2f}"
-            pt = "—" if r.get("p_test") is None else f"{r['p_test']:.1e}"
-            t.add_row(f"L{r['layer']}.N{r['neuron']}", str(r["rank"]), f"{r['score']:.3f}",
-                      f"{r['selectivity']:+.3f}", f"{r['consistency']:.2f}", imp, f"{r['q_value']:.1e}",
-                      pt, "yes" if r.get("replicated") else "no")
+    for r in top.to_dicts():
+        imp = "—" if r["importance_pct"] is None else f"{r['importance_pct']:.2f}"
+        pt = "—" if r.get("p_test") is None else f"{r['p_test']:.1e}"
+        row = [f"L{r['layer']}.N{r['neuron']}", str(r["rank"]), f"{r['score']:.3f}",
+               f"{r['selectivity']:+.3f}", f"{r['consistency']:.2f}", imp, f"{r['q_value']:.1e}",
+               pt, "yes" if r.get("replicated") else "no"]
+        if ablated:
+            z = r.get("z")
+            row += ["—" if z is None else f"{z:+.2f}", "—" if z is None else "yes" if z >= Z_MIN else "no"]
+        t.add_row(*row)
     if getattr(res, "note", None):
         console.print(res.note, soft_wrap=True, highlight=False)
     console.print(t)
     if top.height == 0:
         console.print(f"no neuron passes q < {ALPHA} for this concept")
+    if ablated:
+        print_ablation(res, console)
+
+
+def print_ablation(res, console) -> None:
+    """Per method, the cumulative top-k set at its largest k against random sets of the same
+    size and layers: the columns of the ablations table, and validated = z ≥ Z_MIN."""
+    import polars as pl
+    from rich.table import Table
+
+    ab = res.ablations.filter(pl.col("mode") == "cumulative")
+    if not ab.height:
+        return
+    last = ab.sort("k").group_by("method", maintain_order=True).last().sort("method")
+    t = Table(title=f"ablation of the top-k set · {res.model} · {res.concept}")
+    for c in ("method", "k", "metric", "base conf", "ablated conf", "drop", "random drop",
+              "z", "off-target drop", "validated"):
+        t.add_column(c, justify="right")
+    num = lambda x, f: "—" if x is None else format(x, f)  # noqa: E731
+    for r in last.to_dicts():
+        rand = ("—" if r["random_drop_mean"] is None else
+                f"{r['random_drop_mean']:+.3f} ± {r['random_drop_std'] or 0:.3f}")
+        t.add_row(r["method"], str(r["k"]), r["metric"], num(r["base_conf"], ".3f"),
+                  num(r["ablated_conf"], ".3f"), num(r["drop"], "+.3f"), rand, num(r["z"], "+.2f"),
+                  num(r["off_target_drop"], "+.3f"),
+                  "—" if r["z"] is None else "yes" if r["z"] >= Z_MIN else "no")
+    console.print(t)
+    single = res.ablations.filter(pl.col("mode") == "single")
+    n_val = single.filter(pl.col("z") >= Z_MIN).select("layer", "neuron").unique().height
+    console.print(f"{n_val} of {single.select('layer', 'neuron').unique().height} top neurons "
+                  f"validated alone (single-neuron ablation z ≥ {Z_MIN:g} against random neurons "
+                  f"of the same layer)", highlight=False)
 
 
 def run(args: argparse.Namespace) -> int:

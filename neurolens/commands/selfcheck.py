@@ -14,11 +14,14 @@ from pathlib import Path
 
 def add_parser(sub) -> None:
     p = sub.add_parser("selfcheck", help="prove the pipeline on planted ground-truth models")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None,
+                   help="output folder for the planted checkpoints and their store "
+                        "(default $NEUROLENS_OUT or ./neurolens-out)")
     p.add_argument("--families", default="all",
                    help="all, or a comma-separated subset of gpt2,bert,roberta,resnet,llama")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the planted checkpoints' weights and of the ablation controls")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
