@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install -c constraints.txt
 OUT    ?= neurolens-out
 MODELS ?= minilm,smollm2
-CONCEPTS ?= all
+# the four headline concepts, validated by ablation; CONCEPTS=all for every built-in concept
+CONCEPTS ?= royalty,negation,past_tense,sentiment
 ARGS   ?=
 
 .PHONY: install test test-fast sweep report selfcheck bench bench-smoke bench-gpu clean
