@@ -349,19 +349,7 @@ def render_set(store_root: str | Path, out_dir: str | Path, models: list[str] | 
     """Every model × concept report, the comparison pages, and `<out_dir>/index.html`."""
     out_dir = Path(out_dir)
     con = connect(store_root)
-    entries = catalog(con)
-    check(entries, None, None)
-    for m in models or []:
-        check(entries, m, None)
-    for cpt in concepts or []:
-        check(entries, None, cpt)
-    chosen = [e for e in entries if (not models or e.model in models)
-              and (not concepts or e.concept in concepts)]
-    if not chosen:
-        raise ReportError("no model × concept in the store matches the models and concepts asked for")
-    modality = _model_modality(chosen)
-    model_list = sorted(modality)
-    pairs = [(a, b) for a, b in itertools.combinations(model_list, 2) if modality[a] == modality[b]]
+    entries, chosen, modality, pairs = _chosen(con, models, concepts)
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -385,6 +373,32 @@ def render_set(store_root: str | Path, out_dir: str | Path, models: list[str] | 
         path = _render_index(con, out_dir, chosen, modality, pairs)
         bar.advance(task)
     return path
+
+
+def render_index(store_root: str | Path, out_dir: str | Path, models: list[str] | None = None,
+                 concepts: list[str] | None = None) -> Path:
+    """`<out_dir>/index.html` alone (its links lead to the pages `render_set` writes)."""
+    con = connect(store_root)
+    _, chosen, modality, pairs = _chosen(con, models, concepts)
+    return _render_index(con, Path(out_dir), chosen, modality, pairs)
+
+
+def _chosen(con, models: list[str] | None, concepts: list[str] | None):
+    """(every entry, the entries asked for, each model's modality, the pairs compared)."""
+    entries = catalog(con)
+    check(entries, None, None)
+    for m in models or []:
+        check(entries, m, None)
+    for cpt in concepts or []:
+        check(entries, None, cpt)
+    chosen = [e for e in entries if (not models or e.model in models)
+              and (not concepts or e.concept in concepts)]
+    if not chosen:
+        raise ReportError("no model × concept in the store matches the models and concepts asked for")
+    modality = _model_modality(chosen)
+    model_list = sorted(modality)
+    pairs = [(a, b) for a, b in itertools.combinations(model_list, 2) if modality[a] == modality[b]]
+    return entries, chosen, modality, pairs
 
 
 def _render_index(con, out_dir: Path, chosen: list[Entry], modality: dict[str, str],

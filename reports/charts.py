@@ -209,13 +209,26 @@ def depth_compare(df: pl.DataFrame, bins: int, models: list[str]) -> dict:
     return _spec(chart, D)
 
 
+#: pixels a character of the overview's 12-px labels takes at most (digits and "found · sig")
+LABEL_CHAR_PX = 7.5
+
+
 def overview(df: pl.DataFrame) -> dict:
     """Models × concepts: findings per cell (significant, replicated on held-out groups and,
-    where ablation ran, validated), each cell a link to its report."""
+    where ablation ran, validated), each cell a link to its report.
+
+    The longer of the two lists runs down the page (a sweep has many concepts and few
+    models), so columns stay wide. A cell shows its full label where the label fits the
+    column, the findings alone where only that fits, and nothing otherwise; axis labels
+    that would collide are dropped, never drawn over one another."""
     D = _Datasets()
+    tall = df["concept"].n_unique() > df["model"].n_unique()
+    across, down = ("model", "concept") if tall else ("concept", "model")
+    n_across, n_down = max(1, df[across].n_unique()), max(1, df[down].n_unique())
+    axis = dict(labelOverlap="greedy", labelPadding=4, labelFontSize=11)
     base = alt.Chart(D("d8", rows(df))).encode(
-        x=alt.X("concept:N", title=None, axis=alt.Axis(labelAngle=0, orient="top")),
-        y=alt.Y("model:N", title=None))
+        x=alt.X(f"{across}:N", title=None, axis=alt.Axis(labelAngle=0, orient="top", **axis)),
+        y=alt.Y(f"{down}:N", title=None, axis=alt.Axis(**axis)))
     rect = base.mark_rect(stroke="white", strokeWidth=2, cursor="pointer").encode(
         color=alt.Color("n_found:Q", title="findings", scale=alt.Scale(scheme="blues", zero=True)),
         href="href:N",
@@ -226,11 +239,15 @@ def overview(df: pl.DataFrame) -> dict:
                  alt.Tooltip("top_neuron:N", title="top neuron"),
                  alt.Tooltip("top_score:Q", title="top score", format=".3f"),
                  alt.Tooltip("n_validated:Q", title="validated")])
-    text = base.mark_text(fontSize=12).encode(
-        text="label:N",
+    col = f"(width / {n_across})"
+    fits = lambda s: f"{col} >= {LABEL_CHAR_PX} * length({s}) + 10"  # noqa: E731
+    shown = (f"{fits('datum.label')} ? datum.label : "
+             f"({fits('toString(datum.n_found)')} ? toString(datum.n_found) : '')")
+    text = base.transform_calculate(shown=shown).mark_text(fontSize=12).encode(
+        text="shown:N",
         color=alt.condition("datum.n_found > datum.max_sig * 0.6", alt.value("white"), alt.value("#111827")))
-    n_models = df["model"].n_unique()
-    return _spec((rect + text).properties(width="container", height=max(80, 46 * n_models)), D)
+    height = max(80, (30 if tall else 46) * n_down)
+    return _spec((rect + text).properties(width="container", height=height), D)
 
 
 __all__ = ["ablation", "concept_colors", "depth_compare", "histogram", "layer_map", "overview",

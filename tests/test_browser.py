@@ -274,3 +274,74 @@ def test_links_resolve(report_set, browser):
     assert local, "the index links nothing"
     for h in local:
         assert (report_set / h).exists(), f"broken link {h}"
+
+
+#: every built-in text concept: the report set of a full sweep of the embedded models
+ALL_TEXT_CONCEPTS = ["animals", "colors", "comparatives", "emotion", "food", "future_tense", "gender",
+                     "law", "medicine", "negation", "numbers", "past_tense", "places", "plural",
+                     "questions", "royalty", "sentiment", "sports"]
+
+#: text boxes of the page (HTML text nodes by line, SVG text elements), then the pairs that
+#: overlap and the boxes that reach past the window's edges
+LAYOUT_JS = r"""
+(() => {
+  const W = document.documentElement.clientWidth, boxes = [];
+  const visible = el => { const s = getComputedStyle(el);
+    return s.visibility !== 'hidden' && s.display !== 'none' && s.opacity !== '0'; };
+  const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  while (walk.nextNode()) {
+    const n = walk.currentNode, el = n.parentElement;
+    if (!n.textContent.trim() || !el || el.closest('svg, script, style, .vg-tooltip, #vg-tooltip-element')
+        || !visible(el)) continue;
+    const r = document.createRange(); r.selectNodeContents(n);
+    for (const b of r.getClientRects())
+      if (b.width > 0.5 && b.height > 0.5) boxes.push({t: n.textContent.trim().slice(0, 40), b});
+  }
+  document.querySelectorAll('svg text').forEach(t => {
+    if (!t.textContent.trim() || !visible(t)) return;
+    const b = t.getBoundingClientRect();
+    if (b.width > 0.5 && b.height > 0.5) boxes.push({t: 'svg:' + t.textContent.trim().slice(0, 40), b});
+  });
+  const overlaps = [];
+  for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+    const a = boxes[i].b, c = boxes[j].b;
+    const w = Math.min(a.right, c.right) - Math.max(a.left, c.left);
+    const h = Math.min(a.bottom, c.bottom) - Math.max(a.top, c.top);
+    if (w > 1.5 && h > 3) overlaps.push(boxes[i].t + ' | ' + boxes[j].t);
+  }
+  const cut = boxes.filter(x => x.b.left < -0.5 || x.b.right > W + 0.5).map(x => x.t);
+  return {n: boxes.length, overlaps: overlaps.slice(0, 20), n_overlaps: overlaps.length,
+          cut: cut.slice(0, 20), n_cut: cut.length, scroll: document.documentElement.scrollWidth, width: W};
+})()
+"""
+
+
+@pytest.fixture(scope="module")
+def big_index(tmp_path_factory):
+    """The index of 2 models × 18 concepts (the size where labels used to collide)."""
+    from neurolens.reports import render_index
+
+    root = tmp_path_factory.mktemp("big-index")
+    models = [ModelSpec(m, 4, 48, concepts=ALL_TEXT_CONCEPTS, labels=False, top_examples=False)
+              for m in ("minilm", "smollm2")]
+    build_store(root / "store", models, n_pos=24, n_neg=24)
+    return render_index(root / "store", root / "reports")
+
+
+def test_index_reads_at_any_size(big_index, browser):
+    """At 1,400 px, no text of the index overlaps other text and nothing runs off the window."""
+    browser.send("Emulation.setDeviceMetricsOverride", width=1400, height=900, deviceScaleFactor=1,
+                 mobile=False)
+    try:
+        browser.load(big_index.as_uri())
+        assert browser.errors() == []
+        got = browser.eval(LAYOUT_JS)
+        labels = browser.eval("Array.from(document.querySelectorAll('#overview svg text'))"
+                              ".filter(t => t.textContent.includes('found')).length")
+    finally:
+        browser.send("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1,
+                     mobile=False)
+    assert got["n"] > 18 * 3, got                       # the page was measured, cells and all
+    assert labels == 2 * 18                             # every heatmap cell labelled: they fit
+    assert got["n_overlaps"] == 0, got["overlaps"]
+    assert got["n_cut"] == 0 and got["scroll"] <= got["width"], got
