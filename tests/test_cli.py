@@ -34,7 +34,8 @@ def test_run_end_to_end(planted_factory, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "top neurons" in text and "report:" in text
     # --ablate: the statistics it computed (z against random sets, validated) are printed
-    for column in ("ablation z", "validated", "ablation of the top-k set", "random drop", "off-target"):
+    for column in ("single-neuron ablation", " z +", "validated", "ablation of the top-k set",
+                   "against random drop", "off-target drop", ", z "):
         assert column in text, (column, text)
     assert "top neurons validated alone" in text
     report = Path(text.split("report:")[1].split()[0])

@@ -77,64 +77,60 @@ def config(args: argparse.Namespace, model: str, concept: str | None, *, ablate:
 
 def print_top(res, console, k: int = 10) -> None:
     """The finding's top k neurons as a rich table (`res` is a neurolens.api.Finding); with
-    ablations, each neuron's single-ablation z and whether it is validated, then the
+    ablations, then each top neuron's single-ablation z and whether it is validated, and the
     top-k set's ablation statistics per method."""
     from rich.table import Table
 
     top = res.top(k)
-    ablated = "z" in top.columns
     t = Table(title=f"top neurons · {res.model} · {res.concept}")
-    cols = ["neuron", "rank", "score", "selectivity", "consistency", "importance pct", "q",
-            "held-out p", "replicated"] + (["ablation z", "validated"] if ablated else [])
-    for c in cols:
+    for c in ("neuron", "rank", "score", "selectivity", "consistency", "importance pct", "q",
+              "held-out p", "replicated"):
         t.add_column(c, justify="right")
     for r in top.to_dicts():
         imp = "—" if r["importance_pct"] is None else f"{r['importance_pct']:.2f}"
         pt = "—" if r.get("p_test") is None else f"{r['p_test']:.1e}"
-        row = [f"L{r['layer']}.N{r['neuron']}", str(r["rank"]), f"{r['score']:.3f}",
-               f"{r['selectivity']:+.3f}", f"{r['consistency']:.2f}", imp, f"{r['q_value']:.1e}",
-               pt, "yes" if r.get("replicated") else "no"]
-        if ablated:
-            z = r.get("z")
-            row += ["—" if z is None else f"{z:+.2f}", "—" if z is None else "yes" if z >= Z_MIN else "no"]
-        t.add_row(*row)
+        t.add_row(f"L{r['layer']}.N{r['neuron']}", str(r["rank"]), f"{r['score']:.3f}",
+                  f"{r['selectivity']:+.3f}", f"{r['consistency']:.2f}", imp, f"{r['q_value']:.1e}",
+                  pt, "yes" if r.get("replicated") else "no")
     if getattr(res, "note", None):
         console.print(res.note, soft_wrap=True, highlight=False)
     console.print(t)
     if top.height == 0:
         console.print(f"no neuron passes q < {ALPHA} for this concept")
-    if ablated:
+    if "z" in top.columns:           # the run ablated
+        cells = [f"L{r['layer']}.N{r['neuron']} z {r['z']:+.2f} "
+                 f"{'validated' if r['z'] >= Z_MIN else 'not validated'}"
+                 for r in top.to_dicts() if r.get("z") is not None]
+        console.print(f"single-neuron ablation (z against random neurons of the same layer; "
+                      f"validated when z ≥ {Z_MIN:g}): {' · '.join(cells) or '—'}",
+                      highlight=False, soft_wrap=True)
         print_ablation(res, console)
 
 
 def print_ablation(res, console) -> None:
     """Per method, the cumulative top-k set at its largest k against random sets of the same
-    size and layers: the columns of the ablations table, and validated = z ≥ Z_MIN."""
+    size and layers: the columns of the ablations table, and validated = z ≥ Z_MIN. One line
+    each, so no terminal width wraps them."""
     import polars as pl
-    from rich.table import Table
 
     ab = res.ablations.filter(pl.col("mode") == "cumulative")
-    if not ab.height:
-        return
-    last = ab.sort("k").group_by("method", maintain_order=True).last().sort("method")
-    t = Table(title=f"ablation of the top-k set · {res.model} · {res.concept}")
-    for c in ("method", "k", "metric", "base conf", "ablated conf", "drop", "random drop",
-              "z", "off-target drop", "validated"):
-        t.add_column(c, justify="right")
     num = lambda x, f: "—" if x is None else format(x, f)  # noqa: E731
-    for r in last.to_dicts():
+    if ab.height:
+        console.print(f"ablation of the top-k set · {res.model} · {res.concept}", highlight=False)
+    for r in ab.sort("k").group_by("method", maintain_order=True).last().sort("method").to_dicts():
         rand = ("—" if r["random_drop_mean"] is None else
                 f"{r['random_drop_mean']:+.3f} ± {r['random_drop_std'] or 0:.3f}")
-        t.add_row(r["method"], str(r["k"]), r["metric"], num(r["base_conf"], ".3f"),
-                  num(r["ablated_conf"], ".3f"), num(r["drop"], "+.3f"), rand, num(r["z"], "+.2f"),
-                  num(r["off_target_drop"], "+.3f"),
-                  "—" if r["z"] is None else "yes" if r["z"] >= Z_MIN else "no")
-    console.print(t)
+        ok = "—" if r["z"] is None else "yes" if r["z"] >= Z_MIN else "no"
+        console.print(f"  {r['method']}, k={r['k']}: {r['metric']} {num(r['base_conf'], '.3f')} → "
+                      f"{num(r['ablated_conf'], '.3f')}, drop {num(r['drop'], '+.3f')} against random "
+                      f"drop {rand}, z {num(r['z'], '+.2f')}, off-target drop "
+                      f"{num(r['off_target_drop'], '+.3f')}, validated {ok}", highlight=False,
+                      soft_wrap=True)
     single = res.ablations.filter(pl.col("mode") == "single")
     n_val = single.filter(pl.col("z") >= Z_MIN).select("layer", "neuron").unique().height
     console.print(f"{n_val} of {single.select('layer', 'neuron').unique().height} top neurons "
                   f"validated alone (single-neuron ablation z ≥ {Z_MIN:g} against random neurons "
-                  f"of the same layer)", highlight=False)
+                  f"of the same layer)", highlight=False, soft_wrap=True)
 
 
 def run(args: argparse.Namespace) -> int:
