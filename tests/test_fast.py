@@ -121,7 +121,7 @@ def test_choices_name_each_kernel_and_the_tag_follows_them(monkeypatch):
 
     monkeypatch.setattr(lin, "conv1d_prefers_onednn", lambda *_: True)
     m = _model().requires_grad_(False)
-    assert lin.choices(m) == {"linear": "torch", "conv1d": {"40x16": "torch"},
+    assert lin.choices(m) == {"linear": "torch", "conv1d": {"40x16": "torch"}, "placement": "cpu",
                               "threads": torch.get_num_threads()}
     plain = lin.choices_tag(m)
     lin.use_onednn(m)
@@ -133,6 +133,8 @@ def test_choices_name_each_kernel_and_the_tag_follows_them(monkeypatch):
     assert type(m2[2]) is Conv1D and lin.choices(m2)["conv1d"] == {"40x16": "torch"}
     assert len({plain, on, lin.choices_tag(m2)}) == 3
     assert lin.choices_tag(m) == on                    # the same kernels, the same tag
+    m.hf_device_map = {"0": 0, "2": "cpu", "3": "disk"}      # as accelerate's --device-map leaves it
+    assert lin.choices(m)["placement"] == "cpu=2,cuda:0=1" and lin.choices_tag(m) != on
 
 
 @needs_onednn

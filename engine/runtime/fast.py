@@ -53,8 +53,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["available", "choices", "choices_tag", "conv1d_prefers_onednn", "keep_heap", "use_fast_kernels",
-           "use_onednn"]
+__all__ = ["available", "choices", "choices_tag", "conv1d_prefers_onednn", "keep_heap", "placement",
+           "use_fast_kernels", "use_onednn"]
 
 
 @functools.cache
@@ -318,8 +318,25 @@ def choices(model: nn.Module) -> dict[str, object]:
         out["conv1d"] = dict(sorted(conv1d.items()))
     if gelu:
         out["gelu_tanh"] = "+".join(sorted(gelu))
+    out["placement"] = placement(model)
     out["threads"] = torch.get_num_threads()
     return out
+
+
+def placement(model: nn.Module) -> str:
+    """Where the layers compute: a device (`cpu`, `cuda:0`), or for a `--device-map` model
+    the count of its map's entries on each device, which accelerate chooses by the free
+    memory it finds at load. Disk-offloaded weights are brought to the CPU and computed
+    there, so they count as `cpu`."""
+    hf_map = getattr(model, "hf_device_map", None)
+    if not hf_map:
+        p = next(model.parameters(), None)
+        return str(p.device) if p is not None else "cpu"
+    count: dict[str, int] = {}
+    for d in hf_map.values():
+        name = f"cuda:{d}" if isinstance(d, int) else "cpu" if str(d) in ("disk", "meta") else str(d)
+        count[name] = count.get(name, 0) + 1
+    return ",".join(f"{k}={v}" for k, v in sorted(count.items()))
 
 
 def choices_tag(model: nn.Module) -> str:
