@@ -121,7 +121,8 @@ def run(cfg: RunConfig, *, adapter: Adapter | None = None, probes: ProbeSet | No
     base = {"run_id": run_id, "model": adapter.name, "model_ref": adapter.ref, "model_sha": msha,
             "concept": probes.concept, "probe_sha": probes.sha, "n_pos": probes.n_pos, "n_neg": probes.n_neg,
             "layers": layers, "pooling": cfg.pooling, "device": str(adapter.device),
-            "world_size": shard.world, "versions": versions(choices(adapter.model)), "dtype": cfg.dtype, "started_at": started}
+            "world_size": shard.world, "versions": versions(choices(adapter.model)), "dtype": cfg.dtype,
+            "started_at": started}
     # the run's lock: held for its whole life (the kernel drops it however the process
     # dies), so the next run can tell a dead `running` row from a live one
     with store.claimed(f"run-{run_id}"):
