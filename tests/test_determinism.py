@@ -38,7 +38,7 @@ def busy_cores(n: int | None = None):
 def neurolens_run(model: str, probes: Path, out: Path, env: dict) -> None:
     cmd = [sys.executable, "-m", "neurolens", "run", "--model", model, "--probes", str(probes),
            "--layers", *LAYERS, "--no-report", "--batch-size", "8", "--out", str(out), "--quiet"]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
 
 
