@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--spinners", type=int, default=os.cpu_count() or 2, help="busy processes (default: one per core)")
     ap.add_argument("pytest_args", nargs="*", help="what pytest runs (after --)")
     a = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # a `timeout` still stops the spinners
     spin = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(a.spinners)]
     results = []
     try:
