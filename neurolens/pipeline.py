@@ -19,6 +19,7 @@ from neurolens.config import RunConfig, reports_dir, store_dir
 from neurolens.engine.models import registry
 from neurolens.engine.models.adapters.base import Adapter, ModelError
 from neurolens.engine.runtime.extract import Shard, extract, layer_key, model_sha
+from neurolens.engine.runtime.fast import choices, choices_tag
 from neurolens.engine.runtime.pooling import POOLINGS
 from neurolens.score import SCORE_VERSION, TOO_FEW, inference, score_layers, write_scores
 from neurolens.errors import ConfigError
@@ -41,15 +42,19 @@ class RunResult:
     note: str | None = None         # one line when no finding is possible (too few groups)
 
 
-def versions() -> str:
+def versions(kernels: dict | None = None) -> str:
+    """The packages' versions and, given them, the kernels the model computes with
+    (`engine/runtime/fast.py` `choices`): what a run's numbers depend on besides its inputs."""
     import importlib.metadata as md
 
-    out = {}
+    out: dict = {}
     for p in ("neurolens", "torch", "transformers", "duckdb", "pyarrow", "numba"):
         try:
             out[p] = md.version(p)
         except md.PackageNotFoundError:
             pass
+    if kernels is not None:
+        out["kernels"] = kernels
     return json.dumps(out, sort_keys=True)
 
 
@@ -116,7 +121,8 @@ def run(cfg: RunConfig, *, adapter: Adapter | None = None, probes: ProbeSet | No
     base = {"run_id": run_id, "model": adapter.name, "model_ref": adapter.ref, "model_sha": msha,
             "concept": probes.concept, "probe_sha": probes.sha, "n_pos": probes.n_pos, "n_neg": probes.n_neg,
             "layers": layers, "pooling": cfg.pooling, "device": str(adapter.device),
-            "world_size": shard.world, "versions": versions(), "dtype": cfg.dtype, "started_at": started}
+            "world_size": shard.world, "versions": versions(choices(adapter.model)), "dtype": cfg.dtype,
+            "started_at": started}
     # the run's lock: held for its whole life (the kernel drops it however the process
     # dies), so the next run can tell a dead `running` row from a live one
     with store.claimed(f"run-{run_id}"):
@@ -137,7 +143,8 @@ def _stages(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Store, sh
     run_id = res.run_id
     t0 = time.perf_counter()
     parts = {"model": adapter.name, "concept": probes.concept}
-    akeys = [layer_key(msha, probes.sha, l, cfg.pooling, cfg.dtype) for l in layers]
+    ktag = choices_tag(adapter.model)
+    akeys = [layer_key(msha, probes.sha, l, cfg.pooling, cfg.dtype, ktag) for l in layers]
     skey = f"s{SCORE_VERSION}:{int(cfg.importance)}:" + _digest(akeys)
     in_pass = _in_pass(adapter, probes, cfg, shard) if (
         cfg.importance and not store.is_complete("scores", parts, skey)) else None

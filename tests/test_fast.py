@@ -58,16 +58,83 @@ def test_conv1d_kernel_chosen_by_measuring_this_cpu(monkeypatch):
 
 
 @needs_onednn
-def test_conv1d_measurement_once_per_shape():
-    lin.conv1d_prefers_onednn.cache_clear()
+def test_conv1d_timing_leaves_the_random_state():
     torch.manual_seed(7)
     want = torch.rand(3)
     torch.manual_seed(7)
-    assert isinstance(lin.conv1d_prefers_onednn(64, 96), bool)
+    assert isinstance(lin._time_conv1d(64, 96), bool)
     assert torch.equal(torch.rand(3), want)           # the caller's random state untouched
-    lin.conv1d_prefers_onednn(64, 96)
-    info = lin.conv1d_prefers_onednn.cache_info()
-    assert (info.misses, info.hits) == (1, 1)
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty NeuroLens cache, and no choice remembered by this process."""
+    monkeypatch.setenv("NEUROLENS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("NEUROLENS_CONV1D", raising=False)
+    lin.conv1d_prefers_onednn.cache_clear()
+    yield tmp_path / "cache" / "kernels"
+    lin.conv1d_prefers_onednn.cache_clear()
+
+
+def test_conv1d_choice_timed_once_per_machine_then_read_back(fresh_cache, monkeypatch):
+    """The first process times the shape and stores the answer; a later process (here: the
+    in-process memo cleared) reads it back and never times again, whatever a new race says."""
+    timed = []
+    monkeypatch.setattr(lin, "_time_conv1d", lambda *shape: timed.append(shape) or True)
+    assert lin.conv1d_prefers_onednn(64, 96) is True
+    files = list(fresh_cache.glob("conv1d-64x96-*.json"))
+    assert timed == [(64, 96)] and len(files) == 1
+    assert [p.name for p in fresh_cache.iterdir()] == [files[0].name]      # no temporary left
+    lin.conv1d_prefers_onednn.cache_clear()
+    monkeypatch.setattr(lin, "_time_conv1d", lambda *shape: timed.append(shape) or False)
+    assert lin.conv1d_prefers_onednn(64, 96) is True and timed == [(64, 96)]
+    assert lin.conv1d_prefers_onednn(96, 64) is False and timed[-1] == (96, 64)   # per shape
+
+
+def test_conv1d_choice_first_writer_wins(fresh_cache):
+    """Two processes timing the same shape at once: the second keeps the first's answer."""
+    f = lin._choice_file(64, 96)
+    assert lin._store_choice(f, False, 64, 96) is False
+    assert lin._store_choice(f, True, 64, 96) is False
+    assert lin._read_choice(f) is False
+
+
+def test_conv1d_choice_fixed_by_environment_or_torch_when_cache_unwritable(fresh_cache, monkeypatch):
+    monkeypatch.setattr(lin, "_time_conv1d", lambda *shape: True)
+    monkeypatch.setenv("NEUROLENS_CONV1D", "torch")
+    assert lin.conv1d_prefers_onednn(64, 96) is False
+    lin.conv1d_prefers_onednn.cache_clear()
+    monkeypatch.setenv("NEUROLENS_CONV1D", "onednn")
+    assert lin.conv1d_prefers_onednn(8, 8) is True
+    assert not fresh_cache.exists()                   # a fixed choice is not timed or stored
+    lin.conv1d_prefers_onednn.cache_clear()
+    monkeypatch.delenv("NEUROLENS_CONV1D")
+    blocker = fresh_cache.parent.parent / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("NEUROLENS_CACHE", str(blocker))     # a cache that cannot be made
+    assert lin.conv1d_prefers_onednn(64, 96) is False       # torch's own: a fixed rule
+
+
+@needs_onednn
+def test_choices_name_each_kernel_and_the_tag_follows_them(monkeypatch):
+    from transformers.pytorch_utils import Conv1D
+
+    monkeypatch.setattr(lin, "conv1d_prefers_onednn", lambda *_: True)
+    m = _model().requires_grad_(False)
+    assert lin.choices(m) == {"linear": "torch", "conv1d": {"40x16": "torch"}, "placement": "cpu",
+                              "threads": torch.get_num_threads()}
+    plain = lin.choices_tag(m)
+    lin.use_onednn(m)
+    assert lin.choices(m)["linear"] == "onednn" and lin.choices(m)["conv1d"] == {"40x16": "onednn"}
+    on = lin.choices_tag(m)
+    m2 = _model().requires_grad_(False)
+    monkeypatch.setattr(lin, "conv1d_prefers_onednn", lambda *_: False)
+    lin.use_onednn(m2)
+    assert type(m2[2]) is Conv1D and lin.choices(m2)["conv1d"] == {"40x16": "torch"}
+    assert len({plain, on, lin.choices_tag(m2)}) == 3
+    assert lin.choices_tag(m) == on                    # the same kernels, the same tag
+    m.hf_device_map = {"0": 0, "2": "cpu", "3": "disk"}      # as accelerate's --device-map leaves it
+    assert lin.choices(m)["placement"] == "cpu=2,cuda:0=1" and lin.choices_tag(m) != on
 
 
 @needs_onednn

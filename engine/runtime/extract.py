@@ -21,6 +21,7 @@ import pyarrow as pa
 import torch
 
 from neurolens.engine.models.adapters.base import Adapter
+from neurolens.engine.runtime.fast import choices, choices_tag
 from neurolens.engine.runtime.hooks import on_sites
 from neurolens.engine.runtime.pooling import pool
 from neurolens.probes.types import Example, ProbeSet
@@ -94,8 +95,10 @@ def model_sha(adapter: Adapter) -> str:
     return h.hexdigest()[:16]
 
 
-def layer_key(msha: str, probe_sha: str, layer: int, pooling: str, dtype: str) -> str:
-    return f"v{EXTRACT_VERSION}:{msha}:{probe_sha}:{layer}:{pooling}:{dtype}"
+def layer_key(msha: str, probe_sha: str, layer: int, pooling: str, dtype: str, kernels: str = "") -> str:
+    """What a layer's pooled activations depend on; `kernels` (`fast.choices_tag`) names the
+    kernels that computed them, so a store never mixes layers computed on different ones."""
+    return f"v{EXTRACT_VERSION}:{msha}:{probe_sha}:{layer}:{pooling}:{dtype}" + (f":k{kernels}" if kernels else "")
 
 
 def examples_table(examples: Sequence[Example], run_id: str) -> pa.Table:
@@ -277,9 +280,10 @@ def extract(adapter: Adapter, probes: ProbeSet, store: Store, *, layers: Sequenc
     shard = shard or Shard()
     t0 = time.perf_counter()
     msha = model_sha(adapter)
+    ktag = choices_tag(adapter.model)
     parts = {"model": adapter.name, "concept": probes.concept}
     todo = [l for l in layers if not store.is_complete(
-        "activations", {**parts, "layer": l}, layer_key(msha, probes.sha, l, pooling, dtype))]
+        "activations", {**parts, "layer": l}, layer_key(msha, probes.sha, l, pooling, dtype, ktag))]
     if shard.main and not store.is_complete("examples", parts, probes.sha):
         store.write_partition("examples", parts, examples_table(probes.examples, run_id),
                               key=probes.sha, run_id=run_id)
@@ -309,7 +313,8 @@ def extract(adapter: Adapter, probes: ProbeSet, store: Store, *, layers: Sequenc
     if shard.main:
         for l in todo:
             store.publish("activations", {**parts, "layer": l}, stage_root / f"layer={l}",
-                          key=layer_key(msha, probes.sha, l, pooling, dtype), run_id=run_id,
-                          extra={"world_size": shard.world, "n_neurons": adapter.n_neurons(l)})
+                          key=layer_key(msha, probes.sha, l, pooling, dtype, ktag), run_id=run_id,
+                          extra={"world_size": shard.world, "n_neurons": adapter.n_neurons(l),
+                                 "kernels": choices(adapter.model)})
         shutil.rmtree(stage_root, ignore_errors=True)
     return ExtractStats(todo, len(probes.examples), tokens, time.perf_counter() - t0, kept or None)

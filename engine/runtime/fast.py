@@ -21,7 +21,16 @@ strict fp32 (no bf16 down-conversion): the results are the same products summed 
 order, equal to rounding. A Conv1D stores its weight as [in, out], whose transpose oneDNN
 copies on every call; whether that still beats torch's own product depends on the CPU (on
 the EPYC it does, on the Xeon it made GPT-2-small's forward 25 % slower than torch's own),
-so `conv1d_prefers_onednn` times both once per weight shape and the faster one is used.
+so `conv1d_prefers_onednn` times both for each weight shape and the faster one is used.
+
+The two kernels round differently, so the choice changes the activations in their last
+bits, and a timing race flips with the machine's load. The choice is therefore timed once
+per machine: the first process to need it writes it to the NeuroLens cache
+($NEUROLENS_CACHE/kernels, else ~/.cache/neurolens/kernels), keyed by the CPU's model and
+flags, torch's version and the shape, and every later process (a rerun, a resume, a
+worker) reads it back; NEUROLENS_CONV1D=onednn|torch fixes it by hand. `choices` names the
+kernels a model computes with: the runs table records them, and extraction keys its
+partitions by them, so no result mixes numbers computed on different kernels.
 
 The switch is per call: a layer whose input is not an fp32 CPU tensor (an accelerator, a
 half-precision model, weights that accelerate moves in and out) takes torch's own path,
@@ -31,15 +40,21 @@ it off.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
+import json
 import os
+import platform
+import tempfile
 import time
 import types
+from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["available", "conv1d_prefers_onednn", "keep_heap", "use_fast_kernels", "use_onednn"]
+__all__ = ["available", "choices", "choices_tag", "conv1d_prefers_onednn", "keep_heap", "placement",
+           "use_fast_kernels", "use_onednn"]
 
 
 @functools.cache
@@ -123,10 +138,9 @@ def _best_of(f, reps: int = 3) -> float:
     return best
 
 
-@functools.cache
-def conv1d_prefers_onednn(n_in: int, n_out: int) -> bool:
+def _time_conv1d(n_in: int, n_out: int) -> bool:
     """Whether oneDNN beats torch's own `addmm` on this CPU for a Conv1D weight [n_in, n_out]
-    as transformers stores it, measured once per shape (a few milliseconds).
+    as transformers stores it, timed now (a few milliseconds; the answer flips under load).
 
     oneDNN reads the [out, in] transpose, a strided view, and copies it on every call:
     on a 2-core EPYC it still wins (MKL's generic path is slower), on a 2-core Xeon it runs
@@ -140,6 +154,78 @@ def conv1d_prefers_onednn(n_in: int, n_out: int) -> bool:
         t_blas = _best_of(lambda: torch.addmm(b, x, w))
         t_dnn = _best_of(lambda: _op()(x, w.t(), b, "none", [], ""))
     return t_dnn < t_blas
+
+
+def cache_dir() -> Path:
+    """Where the kernel choices of this machine live: $NEUROLENS_CACHE/kernels, else
+    ~/.cache/neurolens/kernels (the same root as the converted GGUF files)."""
+    base = os.environ.get("NEUROLENS_CACHE") or Path("~/.cache/neurolens").expanduser()
+    return Path(base) / "kernels"
+
+
+@functools.cache
+def machine() -> dict[str, str]:
+    """What a kernel's speed depends on: the CPU's model and features, and torch's build
+    (which carries its MKL and oneDNN)."""
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            k, _, v = line.partition(":")
+            info.setdefault(k.strip(), v.strip())          # the first processor's
+    except OSError:
+        pass
+    model = info.get("model name") or platform.processor() or platform.machine()
+    flags = " ".join(sorted((info.get("flags") or info.get("Features") or "").split()))
+    return {"cpu": model, "flags": hashlib.sha256(flags.encode()).hexdigest()[:16],
+            "torch": torch.__version__}
+
+
+def _choice_file(n_in: int, n_out: int) -> Path:
+    key = json.dumps({**machine(), "shape": [n_in, n_out]}, sort_keys=True)
+    return cache_dir() / f"conv1d-{n_in}x{n_out}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def _read_choice(f: Path) -> bool | None:
+    try:
+        v = json.loads(f.read_text()).get("onednn")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return v if isinstance(v, bool) else None
+
+
+def _store_choice(f: Path, onednn: bool, n_in: int, n_out: int) -> bool | None:
+    """Write the choice unless another process wrote one first (a hard link never replaces
+    a file); returns the choice the file holds, None when the cache cannot be written."""
+    try:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".conv1d-", dir=f.parent)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({**machine(), "shape": [n_in, n_out], "onednn": onednn}, fh)
+        try:
+            os.link(tmp, f)
+        except FileExistsError:
+            pass                              # the first writer's choice is everyone's
+        finally:
+            os.unlink(tmp)
+    except OSError:
+        return None
+    return _read_choice(f)
+
+
+@functools.cache
+def conv1d_prefers_onednn(n_in: int, n_out: int) -> bool:
+    """Whether a Conv1D weight [n_in, n_out] runs on oneDNN: NEUROLENS_CONV1D when set,
+    else the choice stored for this machine, timed and stored by the first process that
+    needs it. Where the cache cannot be written, torch's own kernel (a fixed rule: a timed
+    choice that is not kept could differ in the next process)."""
+    fixed = os.environ.get("NEUROLENS_CONV1D", "").strip().lower()
+    if fixed in ("onednn", "torch"):
+        return fixed == "onednn"
+    f = _choice_file(n_in, n_out)
+    got = _read_choice(f)
+    if got is None:
+        got = _store_choice(f, _time_conv1d(n_in, n_out), n_in, n_out)
+    return bool(got)
 
 
 def _measured_for(w: torch.Tensor) -> bool:
@@ -205,3 +291,55 @@ def use_fast_kernels(model: nn.Module) -> dict[str, int]:
                 m.__class__ = fused
                 n_gelu += 1
     return {"dense": use_onednn(model), "gelu": n_gelu, "heap": int(keep_heap())}
+
+
+def choices(model: nn.Module) -> dict[str, object]:
+    """The kernels the model's layers compute with, as switched here: besides the weights,
+    the inputs and torch's build, what its numbers depend on. `threads` is torch's intra-op
+    thread count (fixed by the machine's cores unless set), recorded but not part of
+    `choices_tag`, so a run and its in-process reference agree on what they computed."""
+    conv, conv_fast = _swap("transformers.pytorch_utils", "Conv1D", _conv1d_forward)
+    slow, fused = _swap("transformers.activations", "NewGELUActivation", _fused_gelu_forward)
+    linear: set[str] = set()
+    gelu: set[str] = set()
+    conv1d: dict[str, str] = {}
+    for m in model.modules():
+        t = type(m)
+        if t is _OneDNNLinear or t is nn.Linear:
+            linear.add("onednn" if t is _OneDNNLinear else "torch")
+        elif conv is not None and t in (conv, conv_fast):
+            conv1d["x".join(map(str, m.weight.shape))] = "onednn" if t is conv_fast else "torch"
+        elif slow is not None and t in (slow, fused):
+            gelu.add("fused" if t is fused else "torch")
+    out: dict[str, object] = {}
+    if linear:
+        out["linear"] = "+".join(sorted(linear))
+    if conv1d:
+        out["conv1d"] = dict(sorted(conv1d.items()))
+    if gelu:
+        out["gelu_tanh"] = "+".join(sorted(gelu))
+    out["placement"] = placement(model)
+    out["threads"] = torch.get_num_threads()
+    return out
+
+
+def placement(model: nn.Module) -> str:
+    """Where the layers compute: a device (`cpu`, `cuda:0`), or for a `--device-map` model
+    the count of its map's entries on each device, which accelerate chooses by the free
+    memory it finds at load. Disk-offloaded weights are brought to the CPU and computed
+    there, so they count as `cpu`."""
+    hf_map = getattr(model, "hf_device_map", None)
+    if not hf_map:
+        p = next(model.parameters(), None)
+        return str(p.device) if p is not None else "cpu"
+    count: dict[str, int] = {}
+    for d in hf_map.values():
+        name = f"cuda:{d}" if isinstance(d, int) else "cpu" if str(d) in ("disk", "meta") else str(d)
+        count[name] = count.get(name, 0) + 1
+    return ",".join(f"{k}={v}" for k, v in sorted(count.items()))
+
+
+def choices_tag(model: nn.Module) -> str:
+    """A short digest of `choices` (threads aside): stored results carry it in their key."""
+    c = {k: v for k, v in choices(model).items() if k != "threads"}
+    return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:12]
