@@ -101,7 +101,8 @@ class Finding:
     report_path: Path | None = None
     skipped: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
-    note: str | None = None   # one line when the probes allow no finding (too few groups)
+    note: str | None = None   # one line when the probes allow no finding (too few groups, a word confound)
+    baseline: str | None = None   # "negation: N significant; a word swap without negation: M"
 
     @property
     def store(self) -> Store:
@@ -274,7 +275,7 @@ def run_config(cfg: Any, *, adapter: Any = None, probes: ProbeSet | None = None,
     if res.top is None:
         return None
     return Finding(res.model, res.concept, res.run_id, out_dir(cfg.out), res.layers, res.report,
-                   list(res.skipped), dict(res.seconds), res.note)
+                   list(res.skipped), dict(res.seconds), res.note, res.baseline)
 
 
 __all__ = ["Finding", "Model", "Probes", "Store", "as_probes", "find", "load", "run_config"]

@@ -55,7 +55,7 @@ def _builtin() -> dict[str, str]:
 
 
 def load_concept(name: str) -> ProbeSet:
-    """A built-in concept by name (or `<text concept>~control`, its lexical control); a fresh
+    """A built-in concept by name (or `<text concept>+control`, its lexical control); a fresh
     ProbeSet each call (examples are shared and frozen)."""
     modality = _builtin().get(name) if isinstance(name, str) else None
     if modality is None and isinstance(name, str) and _text.is_control(name):

@@ -5,7 +5,7 @@ groups (a word pair or a construction) with their split and their items
 `[positive text, negative text, positive span, negative span, positive target, negative
 target]`, so the two examples of a pair differ only in the concept word. Train groups
 rotate through the concept's train frames; test groups use frames and words that no train
-group uses. `<concept>~control` is the concept's lexical control: the same groups, frames
+group uses. `<concept>+control` is the concept's lexical control: the same groups, frames
 and negatives with the concept word replaced by an ordinary word (no concept).
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from .types import Example, ProbeError
 
 DATA_DIR = Path(__file__).parent / "data" / "text"
-CONTROL = "~control"
+CONTROL = "+control"
 
 
 @lru_cache(maxsize=None)
