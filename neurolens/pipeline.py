@@ -353,7 +353,8 @@ def top_neurons(store: Store, model: str, concept: str, k: int) -> pa.Table:
 
 
 TOP_COLUMNS = ("layer", "neuron", "rank", "score", "selectivity", "consistency", "importance_pct", "q_value",
-               "n_units", "effect", "selectivity_test", "p_test", "q_test", "replicated", "rank_probeless", "rank_probe")
+               "n_units", "effect", "selectivity_test", "p_test", "q_test", "replicated", "rank_probeless",
+               "rank_probe")
 
 
 __all__ = ["RunConfig", "RunResult", "new_run_id", "run", "top_neurons", "versions"]

@@ -41,8 +41,9 @@ def test_builtin_catalogue() -> None:
 
 @pytest.mark.parametrize("name", TEXT)
 def test_text_balance_and_uniqueness(name: str) -> None:
+    # 32 groups x 5 frames (negation: 3 frames in some test groups)
     ps = load_concept(name)
-    assert ps.modality == "text" and ps.n_pos >= 140 and ps.n_neg >= 140   # 32 groups x 5 frames (negation: 3 in some test groups)
+    assert ps.modality == "text" and ps.n_pos >= 140 and ps.n_neg >= 140
     texts = [e.text for e in ps.examples]
     assert len(set(texts)) == len(texts)
     assert [e.example_id for e in ps.examples] == list(range(len(ps.examples)))
