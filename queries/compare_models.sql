@@ -6,7 +6,7 @@
 -- param: top INTEGER = 100
 WITH binned AS (
     SELECT
-        model, concept, layer, selectivity, q_value, rank,
+        model, concept, layer, selectivity, q_value, significant, lexical, rank,
         least(CAST(floor(depth * $bins + 1e-9) AS INTEGER), $bins - 1) AS depth_bin
     FROM scores
     WHERE (model = $model_a OR model = $model_b)
