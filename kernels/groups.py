@@ -155,10 +155,13 @@ def _t_p(t, df, alternative):
 def group_test(means: np.ndarray, design: Design, alternative="two-sided") -> dict[str, np.ndarray]:
     """The DESIGN test on [cells, m] cell means.
 
-    Returns ``t``, ``df``, ``p`` and ``effect`` (mean d_g, or mean of + cells minus
-    mean of - cells). A zero spread with a nonzero effect is a perfect neuron (t = ±inf,
-    p = 0); a zero spread with zero effect gives p = 1. ``alternative`` is "two-sided"
-    or a per-column direction (+1/-1) for the one-sided test in that direction.
+    Returns ``t``, ``df``, ``p``, ``diff`` (mean d_g, or mean of + cells minus mean of -
+    cells), ``effect`` (the standardised group-level effect: mean d_g / sd d_g, Cohen's
+    d_z; cell design: diff / the cells' pooled sd) and ``consistency`` (share of groups
+    whose d_g > 0; cell design: P(+ cell > - cell), ties 1/2). A zero spread with a
+    nonzero diff is a perfect neuron (t and effect = ±inf, p = 0); a zero spread with
+    zero diff gives p = 1 and effect 0. ``alternative`` is "two-sided" or a per-column
+    direction (+1/-1) for the one-sided test in that direction.
     """
     m = means.shape[1]
     scale = np.max(np.abs(means), axis=0) if means.shape[0] else np.zeros(m)
@@ -176,6 +179,8 @@ def group_test(means: np.ndarray, design: Design, alternative="two-sided") -> di
             else:
                 sd = se = np.full(m, np.nan)
             df = np.full(m, float(G - 1) if G >= 2 else np.nan)
+            spread = sd
+            consistency = (d > TOL * scale).mean(axis=0) if G else np.full(m, np.nan)
         else:
             a, b = means[pos], means[~pos]
             na, nb = a.shape[0], b.shape[0]
@@ -188,18 +193,33 @@ def group_test(means: np.ndarray, design: Design, alternative="two-sided") -> di
                 se = np.sqrt(va + vb)
                 df = (va + vb) ** 2 / (va * va / (na - 1) + vb * vb / (nb - 1))
                 sd = se
+                spread = np.sqrt((va * na + vb * nb) / 2.0)
             else:
-                sd = se = df = np.full(m, np.nan)
+                sd = se = df = spread = np.full(m, np.nan)
+            consistency = _cell_auc(means, pos)
         flat = np.isfinite(sd) & (sd <= TOL * scale)
         live = np.abs(effect) > TOL * scale
         t = np.where(flat, np.where(live, np.sign(effect) * np.inf, np.nan), effect / se)
         # Welch's df is undefined at zero spread; t = ±inf decides p whatever df is
         df = np.where(flat & live, np.where(np.isfinite(df), df, 1.0), df)
+        std = np.where(flat, np.where(live, np.sign(effect) * np.inf, 0.0), effect / spread)
     p = _t_p(t, df, alternative)
     bad = ~np.isfinite(scale)
     p = np.where(bad, 1.0, p)
     t = np.where(bad, np.nan, t)
-    return {"t": t, "df": df, "p": p, "effect": effect}
+    std = np.where(bad, np.nan, std)
+    return {"t": t, "df": df, "p": p, "diff": effect, "effect": std, "consistency": consistency}
+
+
+def _cell_auc(means: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """P(a + cell's mean > a - cell's mean) + 1/2 P(=), per column, from ranks."""
+    from scipy.stats import rankdata
+
+    k, u = int(pos.sum()), int(pos.shape[0])
+    if k == 0 or k == u:
+        return np.full(means.shape[1], np.nan)
+    r = rankdata(means, axis=0)
+    return (r[pos].sum(axis=0) - k * (k + 1) / 2.0) / (k * (u - k))
 
 
 def min_attainable_p(design: Design) -> float:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from neurolens.constants import ALPHA  # the project's one alpha
+from neurolens.constants import ALPHA, EFFECT_GATE  # the project's one alpha and effect gate
 
 from . import _numba_impl as _nb
 from .groups import Design, cell_means, group_test, make_design
@@ -25,14 +25,15 @@ __all__ = ["score_chunk", "score_test", "finalize", "ScoreAccumulator", "CHUNK_C
 #: Columns returned by :func:`score_chunk` (one value per neuron each).
 CHUNK_COLUMNS = (
     "n_pos", "n_neg", "auc", "selectivity", "mean_pos", "mean_neg", "std_pos", "std_neg",
-    "cohens_d", "t", "df", "p_value", "n_units", "effect", "consistency", "neg_p95",
-    "range_lo", "range_hi", "range_overlap", "valid",
+    "cohens_d", "t", "df", "p_value", "n_units", "effect", "direction", "consistency",
+    "tpr_at_5fpr", "neg_p95", "range_lo", "range_hi", "range_overlap", "valid",
 )
 #: Held-out columns added by :meth:`ScoreAccumulator.add` when a test split is given.
-TEST_COLUMNS = ("selectivity_test", "p_test", "replicated")
+TEST_COLUMNS = ("selectivity_test", "p_test")
 #: Columns returned by :func:`finalize` / :meth:`ScoreAccumulator.finalize`.
 TABLE_COLUMNS = ("layer", "neuron") + CHUNK_COLUMNS + TEST_COLUMNS + (
-    "q_value", "importance", "importance_pct", "score", "rank", "rank_probeless", "rank_probe",
+    "q_value", "significant", "opposite", "lexical", "q_test", "replicated",
+    "importance", "importance_pct", "score", "rank", "rank_probeless", "rank_probe",
 )
 
 
@@ -115,22 +116,26 @@ def score_chunk(acts, labels, *, groups=None, design: Design | None = None,
     out["n_pos"] = np.full(m, npos, dtype=np.int64)
     out["n_neg"] = np.full(m, n - npos, dtype=np.int64)
     for k, name in enumerate(_nb.FIELD_NAMES):
-        out[name] = res[k]
+        # the kernels' "consistency" is the TPR at the negatives' 95th percentile; DESIGN's
+        # consistency is the share of groups with the concept's sign (the group test's)
+        out["tpr_at_5fpr" if name == "consistency" else name] = res[k]
     out["valid"] = res[_nb.VALID] > 0.5
     out["selectivity"] = 2.0 * out["auc"] - 1.0
     g = group_test(cell_means(acts, design, backend=backend), design)
     p = g["p"]
     p[~out["valid"]] = 1.0
     out["t"], out["df"], out["p_value"], out["effect"] = g["t"], g["df"], p, g["effect"]
+    out["direction"] = np.where(g["diff"] > 0, 1, -1).astype(np.int8)
+    out["consistency"] = np.where(out["valid"], g["consistency"], 0.0)
     out["n_units"] = np.full(m, design.n_units, dtype=np.int64)
     return {k: out[k] for k in CHUNK_COLUMNS}
 
 
 def score_test(acts, labels, direction, *, groups=None, design: Design | None = None,
                backend: str = "auto", alpha: float = 0.05) -> dict[str, np.ndarray]:
-    """Held-out replication on the test split: ``selectivity_test`` (example AUC),
+    """Held-out statistics on the test split: ``selectivity_test`` (example AUC) and
     ``p_test`` (the group-level test, one-sided in ``direction``, the sign of the train
-    effect per neuron) and ``replicated`` (same sign of selectivity and p_test < alpha)."""
+    effect per neuron). ``q_test`` and ``replicated`` need the tested set: :func:`finalize`."""
     n = int(acts.shape[0])
     y = _labels(labels, n)
     backend = _backend(acts, backend)
@@ -142,12 +147,12 @@ def score_test(acts, labels, direction, *, groups=None, design: Design | None = 
     p = group_test(cell_means(acts, design, backend=backend), design, alternative=s)["p"]
     p[~valid] = 1.0
     sel = np.where(valid, sel, np.nan)
-    rep = valid & (np.sign(sel) == s) & (s != 0) & (p < alpha)
-    return {"selectivity_test": sel, "p_test": p, "replicated": rep}
+    return {"selectivity_test": sel, "p_test": p}
 
 
 def finalize(per_layer_results: Sequence[Mapping[str, np.ndarray]], importance=None,
-             *, alpha: float = ALPHA, probe_weights=None) -> dict[str, np.ndarray]:
+             *, alpha: float = ALPHA, probe_weights=None, lexical=None,
+             gate: float = EFFECT_GATE) -> dict[str, np.ndarray]:
     """Combine scored blocks of one model x concept into the final columns.
 
     ``per_layer_results`` are :func:`score_chunk` outputs (optionally with
@@ -155,9 +160,15 @@ def finalize(per_layer_results: Sequence[Mapping[str, np.ndarray]], importance=N
     ``importance`` is None or a vector aligned with the concatenation;
     ``probe_weights`` likewise (|weight| of the elastic-net probe, NaN = not fitted).
 
-    Adds ``q_value`` (BH over all rows), ``importance``, ``importance_pct``,
-    ``score`` and ``rank`` (1, 2, ... among rows with q_value < alpha by
-    descending score, ties by row order; -1 for the others), ``rank_probeless``
+    ``lexical`` is None or a bool vector aligned likewise: the rows significant on the
+    concept's lexical control (they answer the word swap, not the concept).
+
+    Adds ``q_value`` (BH over all rows); ``significant`` = q_value < alpha, direction +1
+    and effect >= ``gate``; ``opposite`` = the same in direction -1 (counted apart, never
+    ranked); ``lexical``; ``importance``, ``importance_pct``, ``score`` and ``rank`` (1, 2,
+    ... among significant rows that are not lexical, by descending score, ties by row
+    order; -1 for the others); ``q_test`` (BH over the ranked rows' held-out p_test, NaN
+    elsewhere) and ``replicated`` (q_test < alpha); ``rank_probeless``
     (all valid rows by |mean_pos - mean_neg|) and ``rank_probe`` (fitted rows by
     |weight|, -1 for the others).
     """
@@ -182,12 +193,26 @@ def finalize(per_layer_results: Sequence[Mapping[str, np.ndarray]], importance=N
         score = np.cbrt(sel_pos * cols["consistency"] * cols["importance_pct"])
     cols["score"] = score
 
+    valid = np.asarray(cols["valid"], bool) if "valid" in cols else np.ones(total, bool)
+    strong = valid & (cols["q_value"] < alpha) & (np.abs(np.nan_to_num(cols["effect"])) >= gate)
+    cols["significant"] = strong & (cols["direction"] > 0) & (cols["effect"] > 0)
+    cols["opposite"] = strong & (cols["direction"] < 0) & (cols["effect"] < 0)
+    lex = np.zeros(total, bool) if lexical is None else np.asarray(lexical, bool).ravel()
+    if lex.shape[0] != total:
+        raise ValueError(f"lexical has {lex.shape[0]} entries, expected {total}")
+    cols["lexical"] = lex
     rank = np.full(total, -1, dtype=np.int64)
-    sig = np.flatnonzero(cols["q_value"] < alpha)
+    sig = np.flatnonzero(cols["significant"] & ~lex)
     order = sig[np.argsort(-score[sig], kind="stable")]
     rank[order] = np.arange(1, order.size + 1)
     cols["rank"] = rank
-    valid = np.asarray(cols["valid"], bool) if "valid" in cols else np.ones(total, bool)
+    q_test = np.full(total, np.nan)
+    if "p_test" in cols:
+        tested = sig[np.isfinite(np.asarray(cols["p_test"], np.float64)[sig])]
+        if tested.size:
+            q_test[tested] = bh_qvalues(np.asarray(cols["p_test"], np.float64)[tested])
+    cols["q_test"] = q_test
+    cols["replicated"] = q_test < alpha
     cols["rank_probeless"] = order_ranks(probeless_score(cols["mean_pos"], cols["mean_neg"]), valid=valid)
     if probe_weights is None:
         cols["rank_probe"] = np.full(total, -1, dtype=np.int64)
@@ -204,7 +229,7 @@ def finalize(per_layer_results: Sequence[Mapping[str, np.ndarray]], importance=N
         cols["rank_probe"] = rp
     for c in TEST_COLUMNS:
         if c not in cols:
-            cols[c] = np.full(total, np.nan) if c != "replicated" else np.zeros(total, bool)
+            cols[c] = np.full(total, np.nan)
     return cols
 
 
@@ -258,7 +283,7 @@ class ScoreAccumulator:
             yt = _labels(yt, int(xt.shape[0]))
             if self._test_design is None:
                 self._test_design = (yt, make_design(yt, gt))
-            part.update(score_test(xt, yt, res["effect"], design=self._test_design[1],
+            part.update(score_test(xt, yt, res["direction"], design=self._test_design[1],
                                    backend=self.backend, alpha=self.alpha))
         if self._top.k > 0:
             row = len(self._parts)  # (part, column) -> resolved in finalize
@@ -290,8 +315,9 @@ class ScoreAccumulator:
         out[flat] = w
         return out[order]
 
-    def finalize(self, importance=None) -> dict[str, np.ndarray]:
-        """``importance``: None, a vector in (layer, neuron) order, or {layer: vector}."""
+    def finalize(self, importance=None, lexical=None) -> dict[str, np.ndarray]:
+        """``importance``: None, a vector in (layer, neuron) order, or {layer: vector};
+        ``lexical``: None or a bool vector in (layer, neuron) order."""
         if not self._parts:
             raise ValueError("no activations were added")
         layer = np.concatenate([p["layer"] for p in self._parts])
@@ -309,5 +335,6 @@ class ScoreAccumulator:
                 sel = ls == int(lay)
                 imp[sel] = np.asarray(vec, dtype=np.float64).ravel()[ns[sel]]
             importance = imp
-        cols = finalize([merged], importance, alpha=self.alpha, probe_weights=self._probe_weights(order))
+        cols = finalize([merged], importance, alpha=self.alpha, probe_weights=self._probe_weights(order),
+                        lexical=lexical)
         return {k: cols[k] for k in TABLE_COLUMNS}

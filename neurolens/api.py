@@ -21,15 +21,15 @@ from typing import Any
 
 import polars as pl
 
-from neurolens.constants import ALPHA, Z_MIN
+from neurolens.constants import ALPHA, EFFECT_GATE, Z_MIN
 from neurolens.errors import NeuroLensError, ProbeError, StoreError
 from neurolens.probes.types import ProbeSet
 from neurolens.store.paths import out_dir, store_dir
 
 PathLike = str | os.PathLike[str]
 #: the columns `Finding.top` shows first, when the store has them
-TOP_COLUMNS = ("layer", "neuron", "rank", "score", "selectivity", "consistency", "importance_pct",
-               "q_value", "replicated", "selectivity_test", "p_test")
+TOP_COLUMNS = ("layer", "neuron", "rank", "score", "selectivity", "effect", "consistency", "importance_pct",
+               "q_value", "replicated", "selectivity_test", "p_test", "q_test")
 
 
 # -- probes ------------------------------------------------------------------------------------
@@ -101,7 +101,8 @@ class Finding:
     report_path: Path | None = None
     skipped: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
-    note: str | None = None   # one line when the probes allow no finding (too few groups)
+    note: str | None = None   # one line when the probes allow no finding (too few groups, a word confound)
+    baseline: str | None = None   # "negation: N significant; a word swap without negation: M"
 
     @property
     def store(self) -> Store:
@@ -168,8 +169,16 @@ class Finding:
         sc = self.scores
         rep = (int(sc.filter(pl.col("rank").is_not_null())["replicated"].fill_null(False).sum())
                if "replicated" in sc.columns else None)
+        def count(col: str) -> int:
+            return int(sc[col].fill_null(False).sum()) if col in sc.columns else 0
+
+        sig = (int((sc["significant"].fill_null(False) & ~sc["lexical"].fill_null(False)).sum())
+               if "significant" in sc.columns else int((sc["q_value"] < ALPHA).sum()))
+        lexical = (int((sc["significant"].fill_null(False) & sc["lexical"].fill_null(False)).sum())
+                   if "lexical" in sc.columns else 0)
         return {"model": self.model, "concept": self.concept, "scored": sc.height,
-                "significant": int((sc["q_value"] < ALPHA).sum()), "ranked": int(sc["rank"].is_not_null().sum()),
+                "significant": sig, "opposite": count("opposite"), "lexical": lexical,
+                "ranked": int(sc["rank"].is_not_null().sum()),
                 "replicated": rep, "note": self.note,
                 "validated": int((self.ablations.filter(pl.col("mode") == "single")["z"] >= Z_MIN).sum())
                 if self.ablations.height else None}
@@ -183,7 +192,9 @@ class Finding:
         s = self.summary()
         e = html.escape
         head = (f"<b>{e(self.model)} · {e(self.concept)}</b>: {s['scored']} neurons scored, "
-                f"{s['significant']} significant (q &lt; {ALPHA}), {s['ranked']} ranked")
+                f"{s['significant']} significant (q &lt; {ALPHA}, concept-preferring, effect ≥ {EFFECT_GATE:g}, "
+                f"not lexical), {s['opposite']} in the opposite direction and {s['lexical']} lexical "
+                f"(counted apart), {s['ranked']} ranked")
         if s["replicated"] is not None:
             head += f", {s['replicated']} replicated on held-out groups"
         if s["validated"] is not None:
@@ -264,7 +275,7 @@ def run_config(cfg: Any, *, adapter: Any = None, probes: ProbeSet | None = None,
     if res.top is None:
         return None
     return Finding(res.model, res.concept, res.run_id, out_dir(cfg.out), res.layers, res.report,
-                   list(res.skipped), dict(res.seconds), res.note)
+                   list(res.skipped), dict(res.seconds), res.note, res.baseline)
 
 
 __all__ = ["Finding", "Model", "Probes", "Store", "as_probes", "find", "load", "run_config"]

@@ -6,9 +6,14 @@ and reports all read the same numbers (named queries name them as defaults: `= A
 from __future__ import annotations
 
 ALPHA = 0.05   # q-value (BH) below which a neuron is significant; also the replication test's p
+#: the group-level standardised effect (DESIGN `effect`: mean d_g / sd d_g, Cohen's d_z) a
+#: significant neuron must reach: "large" by Cohen's convention, and above the largest effect a
+#: neuron driven only by a word present on one side in a share m of groups can have,
+#: sqrt(m / (1 - m)), for every m below 0.39 (docs/scores.md)
+EFFECT_GATE = 0.8
 Z_MIN = 3.0    # ablation z at which a neuron counts as validated against random controls
 
 #: what a named query's `-- param: NAME TYPE = CONSTANT` default may name
-NAMED = {"ALPHA": ALPHA, "Z_MIN": Z_MIN}
+NAMED = {"ALPHA": ALPHA, "EFFECT_GATE": EFFECT_GATE, "Z_MIN": Z_MIN}
 
-__all__ = ["ALPHA", "NAMED", "Z_MIN"]
+__all__ = ["ALPHA", "EFFECT_GATE", "NAMED", "Z_MIN"]

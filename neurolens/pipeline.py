@@ -13,9 +13,11 @@ import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from neurolens.config import RunConfig, reports_dir, store_dir
+from neurolens.constants import EFFECT_GATE
 from neurolens.engine.models import registry
 from neurolens.engine.models.adapters.base import Adapter, ModelError
 from neurolens.engine.runtime.extract import Shard, extract, layer_key, model_sha
@@ -39,7 +41,10 @@ class RunResult:
     seconds: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     n_units: int | None = None      # units of the group-level test (groups or cells)
-    note: str | None = None         # one line when no finding is possible (too few groups)
+    note: str | None = None         # one line when no finding is possible (too few groups, a word confound)
+    baseline: str | None = None     # "negation: N significant; a word swap without negation: M"
+    control: tuple[str, int, int] | None = None   # (control concept, significant on it, scored)
+    lexical_note: str | None = None  # the probe's sides differ by a word: nothing is concept-specific
 
 
 def versions(kernels: dict | None = None) -> str:
@@ -140,27 +145,44 @@ def run(cfg: RunConfig, *, adapter: Adapter | None = None, probes: ProbeSet | No
 
 def _stages(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Store, shard: Shard, bars: Bars,
             layers: list[int], msha: str, res: RunResult, base: dict) -> RunResult:
-    run_id = res.run_id
-    t0 = time.perf_counter()
+    """The run's steps in order; each publishes its partition or finds it already there."""
     parts = {"model": adapter.name, "concept": probes.concept}
+    lexical, ckey = _control_step(cfg, adapter, probes, store, shard, bars, layers, msha, res)
     ktag = choices_tag(adapter.model)
     akeys = [layer_key(msha, probes.sha, l, cfg.pooling, cfg.dtype, ktag) for l in layers]
-    skey = f"s{SCORE_VERSION}:{int(cfg.importance)}:" + _digest(akeys)
-    in_pass = _in_pass(adapter, probes, cfg, shard) if (
-        cfg.importance and not store.is_complete("scores", parts, skey)) else None
-    # extract stages under _staging/run-<id>, owned by the run's lock
-    with bars.stage(f"extract {adapter.name}/{probes.concept}", len(probes.examples)) as tick:
-        stats = extract(adapter, probes, store, layers=layers, run_id=run_id, pooling=cfg.pooling,
-                        dtype=cfg.dtype, batch_size=cfg.batch_size, shard=shard, progress=tick,
-                        in_pass=in_pass)
-    res.seconds["extract"] = time.perf_counter() - t0
-    if not stats.layers:
-        res.skipped.append("extract")
+    skey = f"s{SCORE_VERSION}:{int(cfg.importance)}:" + _digest(akeys + [ckey])
+    stats = _extract_step(cfg, adapter, probes, store, shard, bars, layers, res,
+                          cfg.importance and not store.is_complete("scores", parts, skey))
     if not shard.main:
         return res
+    conf = _score_step(cfg, adapter, probes, store, bars, layers, res, stats, skey, lexical)
+    _ablate_step(cfg, adapter, probes, store, bars, res, skey, conf)
+    _label(adapter, probes, store, cfg, res.run_id, skey, bars)
+    return _finish(cfg, adapter, probes, store, bars, res, base, stats.tokens)
 
-    # scores: keyed by everything they depend on
+
+def _extract_step(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Store, shard: Shard,
+                  bars: Bars, layers: list[int], res: RunResult, with_importance: bool):
+    """Pooled activations of every layer into the store (importance in the same pass when it can)."""
     t0 = time.perf_counter()
+    in_pass = _in_pass(adapter, probes, cfg, shard) if with_importance else None
+    # extract stages under _staging/run-<id>, owned by the run's lock
+    with bars.stage(f"extract {adapter.name}/{probes.concept}", len(probes.examples)) as tick:
+        stats = extract(adapter, probes, store, layers=layers, run_id=res.run_id, pooling=cfg.pooling,
+                        dtype=cfg.dtype, batch_size=cfg.batch_size, shard=shard, progress=tick,
+                        in_pass=in_pass)
+    stats.in_pass = in_pass
+    res.seconds["extract"] = res.seconds.get("extract", 0.0) + time.perf_counter() - t0
+    if not stats.layers:
+        res.skipped.append("extract")
+    return stats
+
+
+def _score_step(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Store, bars: Bars,
+                layers: list[int], res: RunResult, stats, skey: str, lexical):
+    """Scores (keyed by everything they depend on); returns the confidence importance fitted."""
+    t0 = time.perf_counter()
+    parts = {"model": adapter.name, "concept": probes.concept}
     conf = None
     if store.is_complete("scores", parts, skey):
         res.skipped.append("score")
@@ -170,13 +192,54 @@ def _stages(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Store, sh
                                progress=tick, acts=stats.acts)
         imp = None
         if cfg.importance:
-            conf, imp = _importance(adapter, probes, layers, cfg, bars, in_pass)
+            conf, imp = _importance(adapter, probes, layers, cfg, bars, stats.in_pass)
         write_scores(store, adapter.name, probes.concept, acc, imp, adapter.n_layers, key=skey,
-                     run_id=run_id)
+                     run_id=res.run_id, lexical=lexical)
     stats.acts = None       # the extracted activations are the scores' alone
     res.seconds["score"] = time.perf_counter() - t0
+    return conf
 
+
+def _control_step(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Store, shard: Shard,
+                  bars: Bars, layers: list[int], msha: str, res: RunResult):
+    """The lexical control, scored like the concept (same layers, same extraction path), and the
+    neurons it makes significant: (lexical mask in (layer, neuron) order or None, its key)."""
+    from neurolens.probes import control_of
+    from neurolens.probes.confounds import confound_note
+
+    note = confound_note(probes.examples) if probes.modality == "text" else None
+    if note:        # a word could explain every finding: nothing counts as concept-specific
+        res.lexical_note = note
+        return np.ones(sum(adapter.n_neurons(l) for l in layers), bool), "confounded"
+    ctrl = control_of(probes)
+    if ctrl is None:
+        return None, "no-control"
+    akeys = [layer_key(msha, ctrl.sha, l, cfg.pooling, cfg.dtype, choices_tag(adapter.model)) for l in layers]
+    ckey = f"s{SCORE_VERSION}:0:" + _digest(akeys)
+    parts = {"model": adapter.name, "concept": ctrl.concept}
+    if not store.is_complete("scores", parts, ckey):
+        stats = _extract_step(cfg, adapter, ctrl, store, shard, bars, layers, res, False)
+        if not shard.main:
+            return None, ckey
+        with bars.stage("score control", len(layers)) as tick:
+            acc = score_layers(store, adapter.name, ctrl, layers, device=str(adapter.device),
+                               progress=tick, acts=stats.acts)
+        write_scores(store, adapter.name, ctrl.concept, acc, None, adapter.n_layers, key=ckey,
+                     run_id=res.run_id)
+    elif not shard.main:
+        return None, ckey
+    from neurolens.store import read_table
+
+    t = read_table(store, "scores", parts).sort_by([("layer", "ascending"), ("neuron", "ascending")])
+    lexical = t.column("significant").to_numpy(zero_copy_only=False).astype(bool)
+    res.control = (ctrl.concept, int(lexical.sum()), t.num_rows)
+    return lexical, ckey
+
+
+def _ablate_step(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Store, bars: Bars,
+                 res: RunResult, skey: str, conf) -> None:
     t0 = time.perf_counter()
+    parts = {"model": adapter.name, "concept": probes.concept}
     if cfg.ablate:
         from neurolens.engine.causal.ablation import stage as ablate
 
@@ -186,28 +249,38 @@ def _stages(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Store, sh
             res.skipped.append("ablate")
         else:
             ablate.run_ablations(adapter, probes, store, top_k=cfg.top_k, seed=cfg.seed,
-                                 batch_size=cfg.batch_size, key=akey, run_id=run_id,
+                                 batch_size=cfg.batch_size, key=akey, run_id=res.run_id,
                                  confidence=conf, bars=bars, methods=cfg.ablate_methods)
     res.seconds["ablate"] = time.perf_counter() - t0
 
-    _label(adapter, probes, store, cfg, run_id, skey, bars)
+
+def _finish(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Store, bars: Bars,
+            res: RunResult, base: dict, tokens) -> RunResult:
+    """The top rows, the notes (too few groups; the control's baseline), the run row, the views
+    and the report."""
     from neurolens.store import read_table
     from neurolens.store.top import ranked
 
-    scores = read_table(store, "scores", parts)   # read once: the top rows and the count
+    parts = {"model": adapter.name, "concept": probes.concept}
+    scores = read_table(store, "scores", parts)   # read once: the top rows and the counts
     res.top = ranked(scores, cfg.top_k).select(list(TOP_COLUMNS))
+    res.baseline = _baseline_line(probes.concept, scores, res)
     n_scored = scores.num_rows
     inf = inference(probes)
     res.n_units = inf.n_units
+    notes = []
     if not inf.feasible(n_scored):
-        res.note = (f"{TOO_FEW} ({inf.n_units} {'groups' if inf.paired else 'cells'} in train: "
-                    f"even a perfect neuron reaches only p = {inf.min_p:.1e}, "
-                    f"q ~ {min(1.0, inf.min_p * n_scored):.2f} over {n_scored:,} neurons)")
-    store.write_run(_run_row(**base, status="done", tokens=stats.tokens,
+        notes.append(f"{TOO_FEW} ({inf.n_units} {'groups' if inf.paired else 'cells'} in train: "
+                     f"even a perfect neuron reaches only p = {inf.min_p:.1e}, "
+                     f"q ~ {min(1.0, inf.min_p * n_scored):.2f} over {n_scored:,} neurons)")
+    if res.lexical_note:
+        notes.append(res.lexical_note)
+    res.note = "; ".join(notes) or None
+    store.write_run(_run_row(**base, status="done", tokens=tokens,
                              n_units=inf.n_units, design=inf.design, min_p=inf.min_p,
                              seconds_extract=res.seconds["extract"], seconds_score=res.seconds["score"],
                              seconds_ablate=res.seconds["ablate"],
-                             finished_at=dt.datetime.now(dt.timezone.utc)), run_id)
+                             finished_at=dt.datetime.now(dt.timezone.utc)), res.run_id)
     from neurolens.store.duck import write_views
 
     write_views(store)  # a bare `duckdb -init <store>/views.sql` sees this run too
@@ -218,6 +291,20 @@ def _stages(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Store, sh
             res.report = render_report(store.root, adapter.name, probes.concept, reports_dir(cfg.out))
             tick(1)
     return res
+
+
+def _baseline_line(concept: str, scores: pa.Table, res: RunResult) -> str:
+    """"negation: N significant; a word swap without negation: M" (and what is counted apart)."""
+    col = lambda c: scores.column(c).to_numpy(zero_copy_only=False).astype(bool)   # noqa: E731
+    sig, lex, opp = col("significant"), col("lexical"), col("opposite")
+    line = (f"{concept}: {int((sig & ~lex).sum()):,} significant of {scores.num_rows:,} "
+            f"(concept-preferring, effect >= {EFFECT_GATE:g}, not lexical)")
+    if res.control is not None:
+        name = concept.replace("_", " ")
+        line += f"; a word swap without {name}: {res.control[1]:,}"
+    elif res.lexical_note:
+        line += "; no concept-specific neuron: the probe's sides differ by a word"
+    return line + f"; {int((sig & lex).sum()):,} lexical and {int(opp.sum()):,} opposite-direction, counted apart"
 
 
 def _digest(parts: list[str]) -> str:
@@ -273,7 +360,8 @@ def top_neurons(store: Store, model: str, concept: str, k: int) -> pa.Table:
 
 
 TOP_COLUMNS = ("layer", "neuron", "rank", "score", "selectivity", "consistency", "importance_pct", "q_value",
-               "n_units", "selectivity_test", "p_test", "replicated", "rank_probeless", "rank_probe")
+               "n_units", "effect", "selectivity_test", "p_test", "q_test", "replicated", "rank_probeless",
+               "rank_probe")
 
 
 __all__ = ["RunConfig", "RunResult", "new_run_id", "run", "top_neurons", "versions"]

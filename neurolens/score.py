@@ -16,7 +16,7 @@ from neurolens.kernels.peers import PROBE_K
 from neurolens.probes.types import ProbeSet
 from neurolens.store import SCHEMAS, Store, read_layer
 
-SCORE_VERSION = "2"   # 2: group-level p-values, held-out replication, peer rankings
+SCORE_VERSION = "3"   # 3: direction, effect gate, lexical control, corrected replication, group consistency
 CHUNK = 4096  # neuron columns scored at once: memory is n_examples x CHUNK
 TOO_FEW = "too few groups for any finding: add phrasings or words"
 
@@ -29,14 +29,17 @@ def scores_table(cols: dict[str, np.ndarray], n_layers: int, run_id: str) -> pa.
         "depth": np.array([depth(int(l), n_layers) for l in range(n_layers)])[cols["layer"]],
     }
     for c in ("selectivity", "auc", "cohens_d", "mean_pos", "mean_neg", "std_pos", "std_neg",
-              "p_value", "q_value", "consistency", "importance", "importance_pct", "score",
-              "range_lo", "range_hi", "range_overlap", "selectivity_test", "p_test"):
+              "p_value", "q_value", "effect", "consistency", "tpr_at_5fpr", "importance",
+              "importance_pct", "score", "range_lo", "range_hi", "range_overlap",
+              "selectivity_test", "p_test", "q_test"):
         data[c] = np.asarray(cols[c], dtype=np.float64)
     data["n_units"] = np.asarray(cols["n_units"], dtype=np.int32)
-    data["replicated"] = np.asarray(cols["replicated"], dtype=bool)
+    data["direction"] = np.asarray(cols["direction"], dtype=np.int8)
+    for c in ("significant", "opposite", "lexical", "replicated"):
+        data[c] = np.asarray(cols[c], dtype=bool)
     arrays = {k: pa.array(v) for k, v in data.items()}
-    arrays["selectivity_test"] = pa.array(data["selectivity_test"], from_pandas=True)  # NaN -> null
-    arrays["p_test"] = pa.array(data["p_test"], from_pandas=True)
+    for c in ("selectivity_test", "p_test", "q_test"):      # NaN -> null: not tested
+        arrays[c] = pa.array(data[c], from_pandas=True)
     for c in ("rank", "rank_probeless", "rank_probe"):
         r = np.asarray(cols[c]).astype(np.int64)
         arrays[c] = pa.array(np.where(r > 0, r, 0).astype(np.int32), mask=r <= 0)
@@ -121,9 +124,11 @@ def score_layers(store: Store, model: str, probes: ProbeSet, layers: Sequence[in
 
 def write_scores(store: Store, model: str, concept: str, acc: ScoreAccumulator,
                  importance: dict[int, np.ndarray] | None, n_layers: int, *, key: str,
-                 run_id: str) -> pa.Table:
+                 run_id: str, lexical: np.ndarray | None = None) -> pa.Table:
+    """Finalize and publish; ``lexical`` marks the neurons significant on the concept's
+    lexical control, in (layer, neuron) order."""
     t0 = time.perf_counter()
-    cols = acc.finalize(importance=importance)
+    cols = acc.finalize(importance=importance, lexical=lexical)
     table = scores_table(cols, n_layers, run_id)
     store.write_partition("scores", {"model": model, "concept": concept}, table, key=key,
                           run_id=run_id, extra={"seconds": time.perf_counter() - t0})

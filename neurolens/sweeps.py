@@ -106,8 +106,9 @@ def run_pairs(models: Sequence[str], concepts: Sequence[str], modality_of: dict[
 
 
 def _detail(f: Finding | None, k: int, ablated: bool) -> str:
-    """A sweep row: significant top neurons, how many replicate on held-out groups, and how
-    many a single-neuron ablation validates (z >= Z_MIN against random controls)."""
+    """A sweep row: significant top neurons, how many replicate on held-out groups (q_test),
+    how many a single-neuron ablation validates (z >= Z_MIN against random controls), and
+    the neurons counted apart (opposite direction, lexical)."""
     if f is None:
         return "0 significant top neurons"
     top = f.top(k)
@@ -117,7 +118,8 @@ def _detail(f: Finding | None, k: int, ablated: bool) -> str:
     if ablated:
         n = int((top["z"].fill_null(float("-inf")) >= Z_MIN).sum()) if "z" in top.columns else 0
         out += f", {n} validated"
-    return out
+    s = f.summary()
+    return out + f" (of {s['significant']} significant; {s['opposite']} opposite, {s['lexical']} lexical)"
 
 
 def relabel(model: str, out: PathLike | None, done: list[Outcome]) -> None:

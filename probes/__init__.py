@@ -13,8 +13,15 @@ from .custom import load_probe_file
 from .types import Example, ProbeError, ProbeSet
 from .vision import load_image
 
+def control_of(probes: ProbeSet) -> ProbeSet | None:
+    """The lexical control of a built-in text concept (None for anything else)."""
+    if probes.source != "builtin" or probes.modality != "text" or probes.concept not in _text.concept_names():
+        return None
+    return load_concept(_text.control_name(probes.concept))
+
+
 __all__ = [
-    "ConceptInfo", "Example", "ProbeError", "ProbeSet",
+    "ConceptInfo", "control_of", "Example", "ProbeError", "ProbeSet",
     "list_concepts", "load_concept", "load_probe_file", "load_probes", "load_image",
 ]
 
@@ -48,8 +55,11 @@ def _builtin() -> dict[str, str]:
 
 
 def load_concept(name: str) -> ProbeSet:
-    """A built-in concept by name; a fresh ProbeSet each call (examples are shared and frozen)."""
+    """A built-in concept by name (or `<text concept>+control`, its lexical control); a fresh
+    ProbeSet each call (examples are shared and frozen)."""
     modality = _builtin().get(name) if isinstance(name, str) else None
+    if modality is None and isinstance(name, str) and _text.is_control(name):
+        modality = "text"
     if modality is None:
         raise ProbeError(f"unknown concept {name!r}; known: {', '.join(_builtin())}")
     mod = _text if modality == "text" else _vision

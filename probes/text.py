@@ -1,9 +1,12 @@
-"""Built-in text concepts: minimal pairs generated from frames and word lists.
+"""Built-in text concepts: minimal pairs, each group with its own frames, and their controls.
 
-Each data file under `data/text/` holds frames with a `{w}` slot (optionally
-more slots filled from `fill`) and word pairs `[group?, positive, negative]`.
-Every frame is filled once with the positive word and once with the negative,
-so the two examples of a pair differ only in the concept word.
+Each data file under `data/text/` is written by `data/gen_text.py` from `data/text_src/`:
+groups (a word pair or a construction) with their split and their items
+`[positive text, negative text, positive span, negative span, positive target, negative
+target]`, so the two examples of a pair differ only in the concept word. Train groups
+rotate through the concept's train frames; test groups use frames and words that no train
+group uses. `<concept>+control` is the concept's lexical control: the same groups, frames
+and negatives with the concept word replaced by an ordinary word (no concept).
 """
 from __future__ import annotations
 
@@ -11,44 +14,10 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from .split import assign_test_groups, labels_by_group
 from .types import Example, ProbeError
 
 DATA_DIR = Path(__file__).parent / "data" / "text"
-SLOT = "{w}"
-
-
-def _subst(s: str, mapping: dict[str, str]) -> str:
-    for k, v in mapping.items():
-        s = s.replace("{" + k + "}", v)
-    return s
-
-
-def _frames(spec: dict) -> list[tuple[str, str | None, str | None]]:
-    """Expand frames × fill into (template, pos_target, neg_target)."""
-    fills = spec.get("fill") or [{}]
-    out = []
-    for frame in spec["frames"]:
-        for fill in fills:
-            if isinstance(frame, str):
-                out.append((_subst(frame, fill), None, None))
-            else:
-                out.append((_subst(frame["text"], fill), _subst(frame["pos"], fill),
-                            _subst(frame["neg"], fill)))
-    return out
-
-
-def _pairs(spec: dict) -> list[tuple[str, str, str]]:
-    out = []
-    for p in spec["pairs"]:
-        group, pos, neg = (p[0], p[0], p[1]) if len(p) == 2 else p
-        out.append((group, pos, neg))
-    return out
-
-
-def _fill(template: str, word: str) -> tuple[str, tuple[int, int]]:
-    start = template.index(SLOT)
-    return template.replace(SLOT, word, 1), (start, start + len(word))
+CONTROL = "+control"
 
 
 @lru_cache(maxsize=None)
@@ -56,12 +25,23 @@ def concept_names() -> tuple[str, ...]:
     return tuple(sorted(p.stem for p in DATA_DIR.glob("*.json")))
 
 
+def control_name(concept: str) -> str:
+    """The name a concept's lexical control is stored and loaded under."""
+    return concept + CONTROL
+
+
+def is_control(name: str) -> bool:
+    return name.endswith(CONTROL) and name[: -len(CONTROL)] in concept_names()
+
+
 @lru_cache(maxsize=None)
 def _spec(name: str) -> dict:
-    path = DATA_DIR / f"{name}.json"
+    base = name[: -len(CONTROL)] if name.endswith(CONTROL) else name
+    path = DATA_DIR / f"{base}.json"
     if not path.is_file():
         raise ProbeError(f"unknown text concept '{name}'")
-    return json.loads(path.read_text(encoding="utf-8"))
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    return spec["control"] if name.endswith(CONTROL) else spec
 
 
 def describe(name: str) -> str:
@@ -70,19 +50,14 @@ def describe(name: str) -> str:
 
 @lru_cache(maxsize=None)
 def build(name: str) -> tuple[Example, ...]:
-    """All examples of a built-in text concept, pos/neg interleaved by pair."""
-    spec = _spec(name)
-    raw = []  # (group, label, text, span, target, pair_id)
+    """All examples of a built-in text concept (or its control), pos/neg interleaved by pair."""
+    out: list[Example] = []
     pair_id = 0
-    for group, pos, neg in _pairs(spec):
-        for template, t_pos, t_neg in _frames(spec):
-            for label, word, target in ((1, pos, t_pos), (0, neg, t_neg)):
-                text, span = _fill(template, word)
-                raw.append((group, label, text, span, target, pair_id))
+    for grp in _spec(name)["groups"]:
+        g, split = grp["group"], grp["split"]
+        for pos, neg, pspan, nspan, tpos, tneg in grp["items"]:
+            for label, text, span, target in ((1, pos, pspan, tpos), (0, neg, nspan, tneg)):
+                out.append(Example(example_id=len(out), label=label, group=g, split=split, text=text,
+                                   span=(int(span[0]), int(span[1])), target=target, pair_id=pair_id))
             pair_id += 1
-    test = assign_test_groups(name, labels_by_group([(r[0], r[1]) for r in raw]))
-    return tuple(
-        Example(example_id=i, label=lab, group=g, split="test" if g in test else "train",
-                text=text, span=span, target=target, pair_id=pid)
-        for i, (g, lab, text, span, target, pid) in enumerate(raw)
-    )
+    return tuple(out)

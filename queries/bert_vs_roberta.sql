@@ -5,4 +5,3 @@
 -- param: concept VARCHAR = NULL
 -- param: bins INTEGER = 10
 -- param: top INTEGER = 100
--- param: alpha DOUBLE = ALPHA

@@ -4,10 +4,9 @@
 -- param: concept VARCHAR = NULL
 -- param: bins INTEGER = 10
 -- param: top INTEGER = 100
--- param: alpha DOUBLE = ALPHA
 WITH binned AS (
     SELECT
-        model, concept, layer, selectivity, q_value, rank,
+        model, concept, layer, selectivity, q_value, significant, lexical, rank,
         least(CAST(floor(depth * $bins + 1e-9) AS INTEGER), $bins - 1) AS depth_bin
     FROM scores
     WHERE (model = $model_a OR model = $model_b)
@@ -18,7 +17,7 @@ per_bin AS (
         model, concept, depth_bin,
         list(DISTINCT layer ORDER BY layer) AS layers,
         count(*) AS n_neurons,
-        count(*) FILTER (WHERE q_value < $alpha) / count(*) AS share_significant,
+        count(*) FILTER (WHERE (significant AND NOT lexical)) / count(*) AS share_significant,
         count(*) FILTER (WHERE rank <= $top) AS n_top,
         avg(selectivity) FILTER (WHERE rank <= $top) AS mean_selectivity_top
     FROM binned

@@ -1,7 +1,6 @@
--- description: Neurons of one model significant (q_value < alpha) for several concepts: polysemantic candidates, most concepts first; every model unless one is given.
+-- description: Neurons of one model significant (q_value < alpha, concept-preferring, effect above the gate, not lexical) for several concepts: polysemantic candidates, most concepts first; every model unless one is given.
 -- param: model VARCHAR = NULL
 -- param: min_concepts INTEGER = 2
--- param: alpha DOUBLE = ALPHA
 SELECT
     model, layer, neuron,
     any_value(depth) AS depth,
@@ -12,7 +11,7 @@ SELECT
     min(rank) AS best_rank
 FROM scores
 WHERE ($model IS NULL OR model = $model)
-  AND q_value < $alpha
+  AND (significant AND NOT lexical)
 GROUP BY model, layer, neuron
 HAVING count(DISTINCT concept) >= $min_concepts
 ORDER BY n_concepts DESC, layer, neuron

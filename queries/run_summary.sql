@@ -1,12 +1,11 @@
 -- description: One row per run: what it ran, its status, row counts in the store and its timings (newest first); every run unless a model or concept is given.
 -- param: model VARCHAR = NULL
 -- param: concept VARCHAR = NULL
--- param: alpha DOUBLE = ALPHA
 -- param: min_z DOUBLE = Z_MIN
 WITH s AS (
     SELECT run_id,
            count(*) AS n_scored,
-           count(*) FILTER (WHERE q_value < $alpha) AS n_significant,
+           count(*) FILTER (WHERE (significant AND NOT lexical)) AS n_significant,
            count(rank) AS n_ranked
     FROM scores GROUP BY run_id
 ),

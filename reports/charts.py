@@ -95,7 +95,7 @@ def scatter(df: pl.DataFrame) -> dict:
     chart = alt.Chart(D("d3", rows(df))).mark_circle(stroke="white", strokeWidth=0.3).encode(
         opacity=alt.condition("datum.status == 'neither'", alt.value(0.35), alt.value(0.85)),
         x=alt.X("selectivity:Q", title="selectivity (2·AUC − 1)", scale=alt.Scale(domain=[-1, 1])),
-        y=alt.Y("consistency:Q", title="consistency (share of concept examples above p95 of others)",
+        y=alt.Y("consistency:Q", title="consistency (share of train groups where the neuron follows the concept)",
                 scale=alt.Scale(domain=[0, 1])),
         size=alt.Size("importance_pct:Q", title="importance pct", scale=alt.Scale(range=[4, 200])),
         color=alt.Color("status:N", title=None, scale=alt.Scale(domain=STATUS_DOMAIN, range=STATUS_RANGE)),

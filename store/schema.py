@@ -50,10 +50,14 @@ SCORES = pa.schema([
     ("selectivity", pa.float64()), ("auc", pa.float64()), ("cohens_d", pa.float64()),
     ("mean_pos", pa.float64()), ("mean_neg", pa.float64()), ("std_pos", pa.float64()),
     ("std_neg", pa.float64()), ("p_value", pa.float64()), ("q_value", pa.float64()),
-    ("consistency", pa.float64()), ("importance", pa.float64()), ("importance_pct", pa.float64()),
+    ("effect", pa.float64()), ("direction", pa.int8()), ("significant", pa.bool_()),
+    ("opposite", pa.bool_()), ("lexical", pa.bool_()),
+    ("consistency", pa.float64()), ("tpr_at_5fpr", pa.float64()),
+    ("importance", pa.float64()), ("importance_pct", pa.float64()),
     ("score", pa.float64()), ("rank", pa.int32()), ("range_lo", pa.float64()),
     ("range_hi", pa.float64()), ("range_overlap", pa.float64()), ("n_units", pa.int32()),
-    ("selectivity_test", pa.float64()), ("p_test", pa.float64()), ("replicated", pa.bool_()),
+    ("selectivity_test", pa.float64()), ("p_test", pa.float64()), ("q_test", pa.float64()),
+    ("replicated", pa.bool_()),
     ("rank_probeless", pa.int32()), ("rank_probe", pa.int32()), ("run_id", pa.string()),
 ])
 

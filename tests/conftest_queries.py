@@ -61,17 +61,23 @@ def _scores(rng: np.random.Generator, n_layers: int, width: int, planted: np.nda
     idx = idx[np.lexsort((neuron[idx], layer[idx], -score[idx]))]
     rank[idx] = np.arange(1, idx.size + 1)
     cohens_d[0] = np.nan  # a constant neuron: no effect size
+    direction = np.where(selectivity > 0, 1, -1).astype(np.int8)
+    effect = np.where(sig, rng.uniform(1.0, 3.0, n), rng.normal(0, 0.3, n)) * direction
+    significant = sig & (direction == 1) & (effect >= 0.8)
+    q_test = np.where(significant, q, np.nan)
     cols = {
         "layer": layer, "neuron": neuron, "n_layers": np.full(n, n_layers, np.int32), "depth": depth,
         "selectivity": selectivity, "auc": auc, "cohens_d": cohens_d, "mean_pos": mean_pos,
         "mean_neg": mean_neg, "std_pos": std_pos, "std_neg": std_neg, "p_value": p, "q_value": q,
-        "consistency": consistency, "importance": importance, "importance_pct": importance_pct,
+        "consistency": consistency, "tpr_at_5fpr": consistency, "effect": effect, "direction": direction,
+        "significant": significant, "opposite": np.zeros(n, bool), "lexical": np.zeros(n, bool),
+        "importance": importance, "importance_pct": importance_pct,
         "score": score,
         "rank": pa.array(rank, mask=rank < 0, type=pa.int32()),
         "range_lo": mean_pos - 2 * std_pos, "range_hi": mean_pos + 2 * std_pos,
         "range_overlap": rng.uniform(0, 0.3, n),
         "n_units": np.full(n, 24, np.int32), "selectivity_test": selectivity, "p_test": p,
-        "replicated": q < 0.05, "rank_probeless": pa.nulls(n, pa.int32()),
+        "q_test": pa.array(q_test, from_pandas=True), "replicated": q_test < 0.05, "rank_probeless": pa.nulls(n, pa.int32()),
         "rank_probe": pa.nulls(n, pa.int32()),
     }
     return cols

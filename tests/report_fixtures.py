@@ -93,12 +93,17 @@ def _scores(acts: np.ndarray, label: np.ndarray, train: np.ndarray, importance: 
     p = np.nan_to_num(p, nan=1.0)
     q = stats.false_discovery_control(p)   # Benjamini–Hochberg
     p95 = np.quantile(neg, 0.95, axis=0)
-    consistency = (pos > p95).mean(0)
+    tpr = (pos > p95).mean(0)
+    consistency = auc                      # no groups: every example a unit, P(+ unit > - unit)
+    effect = (mp - mn) / np.maximum(np.sqrt((sp**2 + sn**2) / 2), 1e-6)
+    direction = np.where(mp > mn, 1, -1)
+    significant = (q < 0.05) & (direction == 1) & (effect >= 0.8)
+    opposite = (q < 0.05) & (direction == -1) & (effect <= -0.8)
     imp_pct = stats.rankdata(importance) / importance.size
     sel = 2 * auc - 1
     score = np.cbrt(np.maximum(sel, 0) * consistency * imp_pct)
     rank = np.zeros(sel.size, dtype=np.int32)
-    sig = np.flatnonzero(q < 0.05)
+    sig = np.flatnonzero(significant)
     rank[sig[np.argsort(-score[sig], kind="stable")]] = np.arange(1, sig.size + 1)
     lo, hi = mp - 2 * sp, mp + 2 * sp
     overlap = ((neg >= lo) & (neg <= hi)).mean(0)
@@ -114,10 +119,15 @@ def _scores(acts: np.ndarray, label: np.ndarray, train: np.ndarray, importance: 
         warnings.simplefilter("ignore")
         p_gt = stats.ttest_ind(ta[ty == 1], ta[ty == 0], equal_var=False, alternative="greater").pvalue
     p_test = np.nan_to_num(np.where(sign > 0, p_gt, 1 - p_gt), nan=1.0)
-    replicated = (np.sign(sel_t) == sign) & (sign != 0) & (p_test < 0.05)
+    q_test = np.full(sel.size, np.nan)
+    if sig.size:
+        q_test[sig] = stats.false_discovery_control(p_test[sig])
+    replicated = q_test < 0.05
     return dict(layer=layer, neuron=neuron, selectivity=sel, auc=auc, cohens_d=d, mean_pos=mp,
                 n_units=np.full(sel.size, n1 + n0), selectivity_test=sel_t, p_test=p_test,
-                replicated=replicated,
+                q_test=pa.array(q_test, from_pandas=True), replicated=replicated, effect=effect,
+                direction=direction, significant=significant, opposite=opposite,
+                lexical=np.zeros(sel.size, bool), tpr_at_5fpr=tpr,
                 mean_neg=mn, std_pos=sp, std_neg=sn, p_value=p, q_value=q,
                 consistency=consistency, importance=importance, importance_pct=imp_pct,
                 score=score, rank=rank, range_lo=lo, range_hi=hi, range_overlap=overlap,
@@ -220,7 +230,7 @@ def build_model_concept(store: Store, spec: ModelSpec, concept: str, *, n_pos: i
     store.write_partition("scores", parts, _table("scores", sc, run_id), key=run_id, run_id=run_id)
 
     # -- ablations -------------------------------------------------------------------
-    sig = np.flatnonzero(sc["q_value"] < 0.05)
+    sig = np.flatnonzero(sc["significant"])
     top = sig[np.argsort(-sc["score"][sig])][:10]
     cols: dict[str, list] = {k: [] for k in SCHEMAS["ablations"].names if k != "run_id"}
 
@@ -298,14 +308,14 @@ def build_labels(store: Store, spec: ModelSpec, seed: int) -> None:
     con: duckdb.DuckDBPyConnection = connect(store.root)
     sig = con.execute(
         "SELECT layer, neuron, list(DISTINCT concept ORDER BY concept) AS concepts "
-        "FROM scores WHERE model = ? AND q_value < 0.05 GROUP BY ALL ORDER BY layer, neuron",
+        "FROM scores WHERE model = ? AND significant AND NOT lexical GROUP BY ALL ORDER BY layer, neuron",
         [spec.name]).fetchall()
     rng = np.random.default_rng(seed)
     cols: dict[str, list] = {k: [] for k in ("layer", "neuron", "family", "label", "top_tokens",
                                              "concepts", "polysemantic", "explanation_score")}
     best = con.execute(
         "SELECT arg_max(layer, score), arg_max(neuron, score) FROM scores "
-        "WHERE model = ? AND concept = 'royalty' AND q_value < 0.05", [spec.name]).fetchall()[0]
+        "WHERE model = ? AND concept = 'royalty' AND significant AND NOT lexical", [spec.name]).fetchall()[0]
     for layer, neuron, concepts in sig:
         fam = CONCEPTS[concepts[0]][0] if concepts[0] in CONCEPTS and rng.random() < 0.75 \
             else FAMILIES[int(rng.integers(len(FAMILIES)))]

@@ -33,15 +33,18 @@ def _reference(x, y):
     x = np.asarray(x, dtype=np.float64)
     pos, neg = x[y == 1], x[y == 0]
     m = x.shape[1]
-    ref = {k: np.empty(m) for k in ("auc", "p_value", "cohens_d", "consistency",
-                                     "range_overlap", "mean_pos", "std_neg")}
+    ref = {k: np.empty(m) for k in ("auc", "p_value", "cohens_d", "consistency", "tpr_at_5fpr",
+                                     "effect", "range_overlap", "mean_pos", "std_neg")}
     for j in range(m):
         a, b = pos[:, j], neg[:, j]
         ref["auc"][j] = roc_auc_score(y, x[:, j])
         ref["p_value"][j] = sps.ttest_ind(a, b, equal_var=False).pvalue
         s = np.sqrt(((a.size - 1) * a.var(ddof=1) + (b.size - 1) * b.var(ddof=1)) / (a.size + b.size - 2))
         ref["cohens_d"][j] = (a.mean() - b.mean()) / s
-        ref["consistency"][j] = np.mean(a > np.percentile(b, 95))
+        ref["tpr_at_5fpr"][j] = np.mean(a > np.percentile(b, 95))
+        # no groups: every example is a cell, so consistency is P(+ cell > - cell) = the AUC
+        ref["consistency"][j] = ref["auc"][j]
+        ref["effect"][j] = (a.mean() - b.mean()) / np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2)
         lo, hi = a.mean() - 2 * a.std(ddof=1), a.mean() + 2 * a.std(ddof=1)
         ref["range_overlap"][j] = np.mean((b >= lo) & (b <= hi))
         ref["mean_pos"][j] = a.mean()
@@ -136,12 +139,12 @@ def test_edge_cases_do_not_crash_and_are_not_significant():
     for backend in BACKENDS:
         for dtype in (np.float16, np.float32):
             r = score_chunk(x.astype(dtype), y, backend=backend)
-            assert r["p_value"][0] == 1.0 and r["auc"][0] == 0.5 and r["consistency"][0] == 0.0
+            assert r["p_value"][0] == 1.0 and r["auc"][0] == 0.5 and r["tpr_at_5fpr"][0] == 0.0
             # constant within each label, different values: a perfect neuron, p = 0 (not NaN)
             assert r["p_value"][1] == 0.0 and r["auc"][1] == 1.0
             for j in (2, 3):
                 assert not r["valid"][j]
-                assert r["p_value"][j] == 1.0 and r["auc"][j] == 0.5 and r["consistency"][j] == 0.0
+                assert r["p_value"][j] == 1.0 and r["auc"][j] == 0.5 and r["tpr_at_5fpr"][j] == 0.0
             assert r["valid"][[0, 1, 4, 5, 6, 7]].all()
             assert (r["p_value"][4:] < 1e-6).all()
             t = finalize([r])
@@ -162,7 +165,7 @@ def test_tiny_groups(backend, n_pos):
     if n_pos < 2:
         assert (r["p_value"] == 1.0).all() and (t["rank"] == -1).all()
     if n_pos == 0:
-        assert (r["auc"] == 0.5).all() and (r["consistency"] == 0).all()
+        assert (r["auc"] == 0.5).all() and (r["tpr_at_5fpr"] == 0).all()
     else:
         assert (r["auc"] == 1.0).all()
     r = score_chunk(x, 1 - y, backend=backend)  # the mirror: tiny negative group
@@ -191,8 +194,9 @@ def test_chunked_accumulation_equals_one_call():
     # score with importance is the cube root of the three factors
     s = np.cbrt(np.maximum(a["selectivity"], 0) * a["consistency"] * a["importance_pct"])
     np.testing.assert_allclose(a["score"], s)
-    # ranks: 1..k over q < 0.05 by descending score
-    sig = a["q_value"] < 0.05
+    # ranks: 1..k over the significant (q < 0.05, concept direction, effect gate) by score
+    sig = a["significant"]
+    assert np.array_equal(sig, (a["q_value"] < 0.05) & (a["direction"] == 1) & (a["effect"] >= 0.8))
     assert sorted(a["rank"][sig]) == list(range(1, sig.sum() + 1)) and (a["rank"][~sig] == -1).all()
     ranked = np.argsort(np.where(sig, a["rank"], 10**9))[: sig.sum()]
     assert np.all(np.diff(a["score"][ranked]) <= 0)

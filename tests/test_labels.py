@@ -20,7 +20,9 @@ def _secondary_probes(pm) -> ProbeSet:
     for gi, w in enumerate(words):
         split = "test" if gi % 3 == 0 else "train"
         for ti, tpl in enumerate(pt.TEMPLATES):
-            for lab, word in ((1, w), (0, neutral[(gi + ti) % len(neutral)])):
+            # each group its own ordinary people (4 of them), so no negative word is shared by
+            # the groups: a word on one side of every group would make the probe a word contrast
+            for lab, word in ((1, w), (0, neutral[(4 * gi + ti % 4) % len(neutral)])):
                 ex.append(Example(example_id=len(ex), label=lab, group=w, split=split,
                                   text=tpl.format(w=word), pair_id=len(ex) // 2))
     return ProbeSet(pm.secondary_concept, "text", ex, source="planted-secondary")

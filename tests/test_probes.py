@@ -17,12 +17,12 @@ from neurolens.probes import vision
 # Regenerate only when the built-in data changes on purpose:
 #   python -c "import neurolens.probes as p; print({c.name: p.load_concept(c.name).sha for c in p.list_concepts()})"
 GOLDEN_SHA = {
-    "animals": "abac7d4092f4d672", "colors": "951a14355873662f", "comparatives": "7294b465398550ed",
-    "emotion": "cb50cb68dc849b20", "food": "40a9e8ea82e560c9", "future_tense": "a26a5e16250207f1",
-    "gender": "7f2d4fea706466d6", "law": "cd870b199bf9b119", "medicine": "0d58732d12195be8",
-    "negation": "d4630ba910a07065", "numbers": "ff9e7f6b184d603a", "past_tense": "3df53210896e4309",
-    "places": "76a2167b79b59277", "plural": "b5d7d6fbb2b8a6be", "questions": "b7a5448423d461e9",
-    "royalty": "b518ba2d1274caa3", "sentiment": "6531408daa172487", "sports": "c02ac852ce780ec2",
+    "animals": "0bf738c47d57190a", "colors": "270bbc35cb250ef2", "comparatives": "0548392c3cd595f2",
+    "emotion": "ae48f914281eba40", "food": "eaf4e933bcdfbf0e", "future_tense": "3575677c7a3a55ad",
+    "gender": "23dec117a014eea5", "law": "07451c8dfd50a695", "medicine": "bb4ec8675eea347f",
+    "negation": "a4fdc42766d3afe8", "numbers": "5b6984c3dc7721c7", "past_tense": "e7e761ad92ab59c7",
+    "places": "4e8da68e71dcfd40", "plural": "9a934ef373ff3bd4", "questions": "e9477bf868c6b66a",
+    "royalty": "0b7949e9804c8e1c", "sentiment": "319e3c26bd83b3a4", "sports": "8e0d17ee52fccfa3",
     "stripes": "6dbae273adefe923", "checkerboard": "210b3e4efe3a6f88", "dots": "b5f21a7ccda7576f",
     "red": "cab9f494978451ee", "blue": "c516eaa4b2ec306e", "grid": "2777ffaa445e0e16",
     "circles": "e2d4899c8f2019bb",
@@ -41,8 +41,9 @@ def test_builtin_catalogue() -> None:
 
 @pytest.mark.parametrize("name", TEXT)
 def test_text_balance_and_uniqueness(name: str) -> None:
+    # 32 groups x 5 frames (negation: 3 frames in some test groups)
     ps = load_concept(name)
-    assert ps.modality == "text" and ps.n_pos >= 300 and ps.n_neg >= 300
+    assert ps.modality == "text" and ps.n_pos >= 140 and ps.n_neg >= 140
     texts = [e.text for e in ps.examples]
     assert len(set(texts)) == len(texts)
     assert [e.example_id for e in ps.examples] == list(range(len(ps.examples)))
@@ -87,7 +88,7 @@ def test_builtin_groups_are_paired_and_many(name: str) -> None:
     # paired design: every group, train or test, holds both labels
     assert all(c[0] > 0 and c[1] > 0 for c in (*train.values(), *test.values()))
     if ps.modality == "text":
-        assert ps.n_pos >= 300 and ps.n_neg >= 300
+        assert ps.n_pos >= 140 and ps.n_neg >= 140   # 32 groups x 5 frames (negation: 3 in some test groups)
         # a group is one concept word (or construction: "Can she" / "Can he") with its matched negative
         for g, exs in _by_group(ps.examples).items():
             words = {lab: {e.text[e.span[0]:e.span[1]] for e in exs if e.label == lab} for lab in (0, 1)}
@@ -484,7 +485,7 @@ def test_concepts_command_json(capsys) -> None:
     assert sum(r["modality"] == "text" for r in rows) >= 16
     assert sum(r["modality"] == "vision" for r in rows) >= 6
     royalty = next(r for r in rows if r["name"] == "royalty")
-    assert royalty["n_pos"] >= 300 and "king" in royalty["groups"]
+    assert royalty["n_pos"] >= 140 and "king" in royalty["groups"]
     for r in rows:
         assert (r["n_groups"], r["n_train_groups"], r["n_test_groups"]) == (GROUPS, TRAIN_GROUPS, TEST_GROUPS)
         assert len(r["groups"]) == r["n_groups"]

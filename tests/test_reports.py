@@ -82,19 +82,19 @@ def test_pages_are_self_contained(report_set):
 def test_summary_numbers_match_the_store(store_root, report_set):
     con = connect(store_root)
     n_sig, n_scored, n_rep = con.execute(
-        "SELECT count(*) FILTER (WHERE q_value < 0.05), count(*), "
-        "count(*) FILTER (WHERE q_value < 0.05 AND replicated) FROM scores "
+        "SELECT count(*) FILTER (WHERE significant AND NOT lexical), count(*), "
+        "count(*) FILTER (WHERE significant AND NOT lexical AND replicated) FROM scores "
         "WHERE model = 'gpt2' AND concept = 'negation'").fetchall()[0]
     n_found = con.execute(
         "SELECT count(*) FROM scores s JOIN (SELECT DISTINCT layer, neuron FROM ablations WHERE "
         "model = 'gpt2' AND concept = 'negation' AND mode = 'single' AND z >= 3) USING (layer, neuron) "
-        "WHERE model = 'gpt2' AND concept = 'negation' AND q_value < 0.05 AND replicated").fetchall()[0][0]
+        "WHERE model = 'gpt2' AND concept = 'negation' AND significant AND NOT lexical AND replicated").fetchall()[0][0]
     n_val = con.execute(
         "SELECT count(DISTINCT (layer, neuron)) FROM ablations WHERE model = 'gpt2' AND "
         "concept = 'negation' AND mode = 'single' AND z >= 3").fetchall()[0][0]
     best = con.execute(
         "SELECT 'L' || layer || '.N' || neuron FROM scores WHERE model = 'gpt2' AND concept = 'negation' "
-        "AND q_value < 0.05 ORDER BY rank LIMIT 1").fetchall()[0][0]
+        "AND significant AND NOT lexical ORDER BY rank LIMIT 1").fetchall()[0][0]
     page = _page(report_set, "gpt2__negation.html")
     text = htmlmod.unescape(re.sub(r"<[^>]+>", "", page.split('<main>')[0]))
     # the headline leads with significant, replicated and validated neurons
@@ -312,6 +312,7 @@ def test_report_stays_small_when_half_the_neurons_are_significant(tmp_path):
     rank = np.full(n, None, dtype=object)
     rank[::2] = np.arange(1, (n + 1) // 2 + 1)
     sc = sc.set_column(sc.schema.get_field_index("q_value"), "q_value", pa.array(q))
+    sc = sc.set_column(sc.schema.get_field_index("significant"), "significant", pa.array(q < 0.05))
     sc = sc.set_column(sc.schema.get_field_index("rank"), "rank", pa.array(list(rank), pa.int32()))
     store.write_partition("scores", parts, sc, key="wide", run_id="t")
     sig = np.arange(0, n, 2)

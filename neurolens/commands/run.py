@@ -84,19 +84,23 @@ def print_top(res, console, k: int = 10) -> None:
     top = res.top(k)
     t = Table(title=f"top neurons · {res.model} · {res.concept}")
     for c in ("neuron", "rank", "score", "selectivity", "consistency", "importance pct", "q",
-              "held-out p", "replicated"):
+              "held-out q", "replicated"):
         t.add_column(c, justify="right")
-    for r in top.to_dicts():
-        imp = "—" if r["importance_pct"] is None else f"{r['importance_pct']:.2f}"
-        pt = "—" if r.get("p_test") is None else f"{r['p_test']:.1e}"
-        t.add_row(f"L{r['layer']}.N{r['neuron']}", str(r["rank"]), f"{r['score']:.3f}",
-                  f"{r['selectivity']:+.3f}", f"{r['consistency']:.2f}", imp, f"{r['q_value']:.1e}",
-                  pt, "yes" if r.get("replicated") else "no")
+    if top is not None:
+        for r in top.to_dicts():
+            imp = "—" if r["importance_pct"] is None else f"{r['importance_pct']:.2f}"
+            pt = "—" if r.get("q_test") is None else f"{r['q_test']:.1e}"
+            t.add_row(f"L{r['layer']}.N{r['neuron']}", str(r["rank"]), f"{r['score']:.3f}",
+                      f"{r['selectivity']:+.3f}", f"{r['consistency']:.2f}", imp, f"{r['q_value']:.1e}",
+                      pt, "yes" if r.get("replicated") else "no")
+    if getattr(res, "baseline", None):
+        console.print(res.baseline, soft_wrap=True, highlight=False)
     if getattr(res, "note", None):
         console.print(res.note, soft_wrap=True, highlight=False)
     console.print(t)
     if top.height == 0:
-        console.print(f"no neuron passes q < {ALPHA} for this concept")
+        console.print(f"no concept-specific neuron passes q < {ALPHA} (concept-preferring, effect above "
+                      "the gate, not lexical) for this concept")
     if "z" in top.columns:           # the run ablated
         cells = [f"L{r['layer']}.N{r['neuron']} z {r['z']:+.2f} "
                  f"{'validated' if r['z'] >= Z_MIN else 'not validated'}"

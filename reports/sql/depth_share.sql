@@ -2,8 +2,8 @@
 SELECT model, concept,
        least(CAST(floor(depth * $bins) AS INTEGER), $bins - 1) AS bin,
        count(*) AS n_scored,
-       count(*) FILTER (WHERE q_value < $alpha) AS n_sig,
-       avg(CASE WHEN q_value < $alpha THEN 1.0 ELSE 0.0 END) AS share
+       count(*) FILTER (WHERE (significant AND NOT lexical)) AS n_sig,
+       avg(CASE WHEN (significant AND NOT lexical) THEN 1.0 ELSE 0.0 END) AS share
 FROM scores
 WHERE model IN ($model_a, $model_b)
 GROUP BY ALL

@@ -1,5 +1,5 @@
 -- Per layer: neurons scored and significant, for one model x concept.
-SELECT layer, count(*) AS n_scored, count(*) FILTER (WHERE q_value < $alpha) AS n_sig,
+SELECT layer, count(*) AS n_scored, count(*) FILTER (WHERE (significant AND NOT lexical)) AS n_sig,
        max(selectivity) AS max_selectivity
 FROM scores
 WHERE model = $model AND concept = $concept

@@ -6,7 +6,7 @@ SELECT s.layer,
        min(s.neuron) AS first_neuron, max(s.neuron) AS last_neuron,
        max(s.selectivity) AS max_selectivity,
        arg_max('L' || s.layer || '.N' || s.neuron, s.selectivity) AS best_neuron,
-       count(*) FILTER (WHERE s.q_value < $alpha) AS n_sig
+       count(*) FILTER (WHERE (s.significant AND NOT s.lexical)) AS n_sig
 FROM s, w
 GROUP BY ALL
 ORDER BY s.layer, bin;

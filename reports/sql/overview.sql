@@ -3,10 +3,10 @@
 -- replicated and (where ablation ran) validated.
 WITH s AS (
     SELECT model, concept, count(*) AS n_scored,
-           count(*) FILTER (WHERE q_value < $alpha) AS n_sig,
-           count(*) FILTER (WHERE q_value < $alpha AND coalesce(replicated, false)) AS n_replicated,
-           max(score) FILTER (WHERE q_value < $alpha) AS top_score,
-           arg_max('L' || layer || '.N' || neuron, score) FILTER (WHERE q_value < $alpha) AS top_neuron,
+           count(*) FILTER (WHERE (significant AND NOT lexical)) AS n_sig,
+           count(*) FILTER (WHERE (significant AND NOT lexical) AND coalesce(replicated, false)) AS n_replicated,
+           max(score) FILTER (WHERE (significant AND NOT lexical)) AS top_score,
+           arg_max('L' || layer || '.N' || neuron, score) FILTER (WHERE (significant AND NOT lexical)) AS top_neuron,
            max(selectivity) AS max_selectivity
     FROM scores GROUP BY ALL
 ), v AS (
@@ -16,7 +16,7 @@ WITH s AS (
     SELECT s.model, s.concept, count(*) AS n_found_validated
     FROM scores s JOIN (SELECT DISTINCT model, concept, layer, neuron FROM ablations
                         WHERE mode = 'single' AND z >= $z_min) v USING (model, concept, layer, neuron)
-    WHERE s.q_value < $alpha AND coalesce(s.replicated, false) GROUP BY ALL
+    WHERE (s.significant AND NOT s.lexical) AND coalesce(s.replicated, false) GROUP BY ALL
 ), h AS (
     SELECT DISTINCT model, concept FROM ablations
 ), a AS (

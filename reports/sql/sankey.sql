@@ -5,7 +5,7 @@ WITH flows AS (
     SELECT s.concept, s.layer, coalesce(l.family, 'unlabelled') AS family, count(*) AS n
     FROM scores s
     LEFT JOIN labels l ON l.model = s.model AND l.layer = s.layer AND l.neuron = s.neuron
-    WHERE s.model = $model AND s.q_value < $alpha
+    WHERE s.model = $model AND (s.significant AND NOT s.lexical)
     GROUP BY ALL
 ), top AS (
     SELECT family FROM flows GROUP BY family ORDER BY sum(n) DESC, family LIMIT $max_families

@@ -1,7 +1,7 @@
 -- The top-ranked significant neurons of one model x concept, with their label and ablation evidence.
 WITH s AS (
     SELECT * FROM scores
-    WHERE model = $model AND concept = $concept AND q_value < $alpha
+    WHERE model = $model AND concept = $concept AND (significant AND NOT lexical)
     ORDER BY rank NULLS LAST, score DESC
     LIMIT $k
 ), ab AS (
