@@ -2,7 +2,6 @@
 -- param: model VARCHAR = NULL
 -- param: concept VARCHAR = NULL
 -- param: alpha DOUBLE = ALPHA
--- param: min_z DOUBLE = Z_MIN
 WITH s AS (
     SELECT run_id,
            count(*) AS n_scored,
@@ -13,7 +12,7 @@ WITH s AS (
 ab AS (
     SELECT run_id,
            count(*) AS n_ablations,
-           count(*) FILTER (WHERE mode = 'single' AND z >= $min_z AND isfinite(z)) AS n_validated
+           count(DISTINCT (layer, neuron)) FILTER (WHERE mode = 'single' AND coalesce(validated, false)) AS n_validated
     FROM ablations GROUP BY run_id
 )
 SELECT

@@ -14,7 +14,7 @@ import duckdb
 import polars as pl
 
 from . import charts as ch
-from .data import ALPHA, Z_MIN, Entry, ReportError, catalog, check, connect, has_rows, query, stage_neuron_values
+from .data import ALPHA, SPECIFICITY_MIN, Entry, ReportError, catalog, check, connect, has_rows, query, stage_neuron_values
 from .html import Charts, render_page, thumbnail
 from .sankey import sankey_svg
 
@@ -107,7 +107,7 @@ def render_report(store_root: str | Path, model: str, concept: str, out_dir: str
     have_ablations = has_rows(con, "ablations", **p)
     have_labels = has_rows(con, "labels", model=model)
     singles = query(con, "ablation_single", **p) if have_ablations else None
-    n_validated = (singles.filter(pl.col("z") >= Z_MIN).select("layer", "neuron").unique().height
+    n_validated = (singles.filter(pl.col("validated")).select("layer", "neuron").unique().height
                    if singles is not None else None)
     finding = _finding(con, p, run, n_scored, have_ablations)
 
@@ -156,7 +156,10 @@ def render_report(store_root: str | Path, model: str, concept: str, out_dir: str
                 r = g.sort("k").row(-1, named=True)
                 abl_summary.append({"method": m[0], "k": r["k"], "drop": _f(r["drop"]),
                                     "random": _f(r["random_drop_mean"]), "z": _f(r["z"]),
-                                    "off": _f(r["off_target_drop"])})
+                                    "off": _f(r["off_target_drop"]), "p": _f(r["p_value"]),
+                                    "q": _f(r["q_value"]), "spec": _f(r["specificity"]),
+                                    "n_controls": r["n_controls"], "validated": bool(r["validated"]),
+                                    "metric": r["metric"]})
             notes["ablation_random"] = (
                 "Dots are individual random sets of k neurons from the same layers; the grey band is "
                 "their mean ± 2σ." if rand.height else
@@ -175,13 +178,14 @@ def render_report(store_root: str | Path, model: str, concept: str, out_dir: str
     best = top[0] if top else None
     zero = next((a for a in abl_summary if a["method"] == "zero"), abl_summary[0] if abl_summary else None)
     ctx = dict(
+        metric_text=METRIC_TEXT, range_note=_range_note(abl_summary),
         kind="report", title=f"{concept} in {model}", model=model, concept=concept,
         modality=entry.modality, run=run, run_layers=_ranges(run["layers"]) if run else "–",
         seconds=_seconds, n_scored=n_scored, n_sig=n_sig, n_layers=entry.n_layers,
         layer_counts=layer_counts.to_dicts(), top=top, best=best, cards=cards,
         n_validated=n_validated, top_validated=sum(bool(t["validated"]) for t in top),
         finding=finding, overlap=_overlap(con, p, OVERLAP_K),
-        abl_summary=abl_summary, zero=zero, alpha=ALPHA, z_min=Z_MIN,
+        abl_summary=abl_summary, zero=zero, alpha=ALPHA, spec_min=SPECIFICITY_MIN,
         layer_map_id=layer_map_id, sweep_id=sweep_id, n_concepts=n_concepts,
         scatter_id=scatter_id, scatter_note=scatter_note, sankey=sankey,
         ablation_id=ablation_id, notes=notes, have_labels=have_labels,
@@ -189,6 +193,31 @@ def render_report(store_root: str | Path, model: str, concept: str, out_dir: str
         generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     )
     return render_page("report.html.j2", out_dir / report_name(model, concept), c, **ctx)
+
+
+#: what each `metric` of the ablations table is a probability of
+METRIC_TEXT = {
+    "target_prob": "the model's own output probability of the probe's target",
+    "readout_prob": "the probability of a readout probe on the final pooled representation (an encoder without a head)",
+}
+
+
+def _range_note(summary: list[dict]) -> str:
+    """Whether range ablation kept the effect with less collateral damage than zero/mean."""
+    by = {a["method"]: a for a in summary}
+    rg = by.get("range")
+    whole = [by[m] for m in ("zero", "mean") if m in by]
+    if rg is None or not whole or rg["drop"] is None:
+        return "Run with --ablate-methods zero,mean,range to compare range with whole-neuron ablation."
+    parts = []
+    for w in whole:
+        if w["drop"] is None or w["off"] is None or rg["off"] is None:
+            continue
+        kept = rg["drop"] / w["drop"] if w["drop"] else float("nan")
+        parts.append(f"against {w['method']}, range keeps {kept:.0%} of the drop with "
+                     f"{'less' if abs(rg['off']) < abs(w['off']) else 'no less'} collateral damage "
+                     f"(off-target {rg['off']:+.1%} vs {w['off']:+.1%})")
+    return ("Range ablation: " + "; ".join(parts) + ".") if parts else ""
 
 
 def _finding(con, p: dict, run: dict | None, n_scored: int, ablated: bool) -> dict:
@@ -397,7 +426,7 @@ def _render_index(con, out_dir: Path, chosen: list[Entry], modality: dict[str, s
                cells=cells, max_sig=max_sig, chart_id=chart_id, modality=modality, n_layers=n_layers,
                pairs=[{"a": a, "b": b, "href": compare_name(a, b), "modality": modality[a]}
                       for a, b in pairs],
-               n_reports=len(chosen), best=best[0] if best else None, alpha=ALPHA, z_min=Z_MIN,
+               n_reports=len(chosen), best=best[0] if best else None, alpha=ALPHA, spec_min=SPECIFICITY_MIN,
                index_link=False, report_name=report_name,
                generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     return render_page("index.html.j2", out_dir / "index.html", c, **ctx)

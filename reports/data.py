@@ -15,7 +15,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from neurolens.constants import ALPHA, Z_MIN  # one home for both thresholds
+from neurolens.constants import ALPHA, SPECIFICITY_MIN  # one home for the thresholds
 from neurolens.errors import ReportError  # noqa: F401 - re-exported: its home is neurolens.errors
 
 
@@ -38,7 +38,6 @@ def _params(sql: str, params: dict[str, Any]) -> dict[str, Any]:
 def query(con: duckdb.DuckDBPyConnection, name: str, **params: Any) -> pl.DataFrame:
     """Run the named SQL file with its `$name` parameters filled; a polars frame."""
     params.setdefault("alpha", ALPHA)
-    params.setdefault("z_min", Z_MIN)
     sql = sql_text(name).strip().rstrip(";")
     return con.sql(sql, params=_params(sql, params)).pl()
 

@@ -61,21 +61,36 @@ def print_top(res, console, k: int = 10) -> None:
 
     top = res.top(k)
     t = Table(title=f"top neurons · {res.model} · {res.concept}")
+    ablated = top is not None and "validated" in top.columns
     for c in ("neuron", "rank", "score", "selectivity", "consistency", "importance pct", "q",
-              "held-out p", "replicated"):
+              "held-out p", "replicated") + (("validated",) if ablated else ()):
         t.add_column(c, justify="right")
     if top is not None:
         for r in top.to_dicts():
+            extra = (("—" if r["validated"] is None else "yes" if r["validated"] else "no"),) if ablated else ()
             imp = "—" if r["importance_pct"] is None else f"{r['importance_pct']:.2f}"
             pt = "—" if r.get("p_test") is None else f"{r['p_test']:.1e}"
             t.add_row(f"L{r['layer']}.N{r['neuron']}", str(r["rank"]), f"{r['score']:.3f}",
                       f"{r['selectivity']:+.3f}", f"{r['consistency']:.2f}", imp, f"{r['q_value']:.1e}",
-                      pt, "yes" if r.get("replicated") else "no")
+                      pt, "yes" if r.get("replicated") else "no", *extra)
     if getattr(res, "note", None):
         console.print(res.note, soft_wrap=True, highlight=False)
     console.print(t)
+    if ablated:
+        console.print(ablation_line(res), soft_wrap=True, highlight=False)
     if top.height == 0:
         console.print(f"no neuron passes q < {ALPHA} for this concept")
+
+
+def ablation_line(res) -> str:
+    """What `validated` means and which confidence the drops are measured on."""
+    from neurolens.constants import SPECIFICITY_MIN
+
+    ab = res.ablations
+    metrics = ", ".join(sorted(set(ab["metric"].drop_nulls().to_list()))) or "—"
+    return (f"ablation: {res.summary()['validated']} neurons validated (q < {ALPHA} over the tested "
+            f"sets against magnitude-matched random controls, and a concept drop > {SPECIFICITY_MIN:g}× "
+            f"the off-target drop); drops measured on {metrics}")
 
 
 def run(args: argparse.Namespace) -> int:
