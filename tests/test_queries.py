@@ -183,7 +183,8 @@ def test_concept_overlap(syn, model, min_concepts):
 def test_validated(syn, model, concept):
     params = {k: v for k, v in dict(model=model, concept=concept).items() if v is not None}
     got = queries.named(syn.root, "validated", **params)
-    a = syn.ablations.filter((pl.col("mode") == "single") & pl.col("validated"))
+    a = (syn.ablations.filter((pl.col("mode") == "single") & pl.col("validated"))
+         .rename({"q_value": "ablation_q"}))
     if model:
         a = a.filter(pl.col("model") == model)
     if concept:
@@ -194,7 +195,7 @@ def test_validated(syn, model, concept):
                   descending=[False, False, True, False, False, False]))
     assert got.height == want.height > 0
     _same(got, want.select("model", "concept", "method", "layer", "neuron", "rank", "score", "q_value",
-                           "drop", "z"))
+                           "drop", "z", "ablation_q"))
     assert got["drop"].is_nan().sum() == 0 and got["specificity"].is_nan().sum() == 0
     assert (got["ablation_q"] < ALPHA).all()
     assert got["rank"].null_count() == 0  # ablated neurons are ranked ones
@@ -451,3 +452,21 @@ def test_top_neurons_is_one_rule(syn, k):
         con = report_connect(syn.root)
         rep = report_query(con, "top_neurons", model=model, concept="royalty", k=k)
         assert [(r["layer"], r["neuron"]) for r in want] == list(zip(rep["layer"], rep["neuron"]))
+
+
+# -- range_vs_whole -------------------------------------------------------------------------------
+def test_range_vs_whole(syn):
+    got = queries.named(syn.root, "range_vs_whole")
+    a = syn.ablations
+    cells = (a.filter((pl.col("mode") == "single") & pl.col("validated"))
+             .select("model", "concept").unique())
+    full = (a.filter(pl.col("mode") == "cumulative")
+            .filter(pl.col("k") == pl.col("k").max().over("model", "concept", "method")))
+    want = (cells.join(full.filter(pl.col("method") == "zero")
+                       .select("model", "concept", "k", zero_drop="drop", zero_off_target="off_target_drop"),
+                       on=["model", "concept"], how="left")
+            .sort("model", "concept"))
+    assert got.height == want.height > 0
+    _same(got, want)
+    assert got["mean_drop"].null_count() == got.height      # the fixture's curve is zero-only
+    assert set(got["metric"].to_list()) == {"readout_prob"}
