@@ -16,6 +16,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="skip the causal ablation (default for run)")
     p.add_argument("--ablate-methods", default="zero", metavar="M[,M]",
                    help="ablation methods, comma-separated: zero, mean, range (default zero)")
+    p.add_argument("--ablate-controls", type=int, default=99, metavar="N",
+                   help="random controls per tested set, matched on layer and magnitude band "
+                        "(default 99: p resolves 0.01)")
     p.add_argument("--top-k", type=int, default=10, metavar="K")
     p.add_argument("--pooling", choices=POOLINGS, default="mean")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
@@ -51,7 +54,8 @@ def config(args: argparse.Namespace, model: str, concept: str | None, *, ablate:
                      layers=args.layers, pooling=args.pooling, dtype=args.dtype, device=args.device,
                      device_map=args.device_map, max_memory=args.max_memory,
                      batch_size=args.batch_size, seed=args.seed, ablate=ablate if args.ablate is None else args.ablate,
-                     ablate_methods=args.ablate_methods, top_k=args.top_k,
+                     ablate_methods=args.ablate_methods, ablate_controls=args.ablate_controls,
+                     top_k=args.top_k,
                      importance=not args.no_importance, report=not args.no_report, out=args.out)
 
 
