@@ -92,7 +92,7 @@ def check_family(family: str, root: Path, *, seed: int = 0, bars: Bars | None = 
     band = bands(magnitudes(store, adapter.name, pm.probes, layers), N_RANDOM_SETS)
     for x in special.tolist():
         l, n = divmod(int(x), 1_000_000)
-        if l in band and not (l, n) in set(pm.planted):
+        if l in band and (l, n) not in set(pm.planted):
             band[l][n] = -1                      # never a control
     randoms, _ = random_controls(list(pm.planted), band, N_RANDOM_SETS, seed)
     values, _ = neuron_stats(store, adapter.name, pm.probes, layers, scores)

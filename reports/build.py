@@ -14,7 +14,8 @@ import duckdb
 import polars as pl
 
 from . import charts as ch
-from .data import ALPHA, SPECIFICITY_MIN, Entry, ReportError, catalog, check, connect, has_rows, query, stage_neuron_values
+from .data import (ALPHA, SPECIFICITY_MIN, Entry, ReportError, catalog, check, connect, has_rows, query,
+                   stage_neuron_values)
 from .html import Charts, render_page, thumbnail
 from .sankey import sankey_svg
 

@@ -15,7 +15,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from neurolens.constants import ALPHA, SPECIFICITY_MIN  # one home for the thresholds
+from neurolens.constants import ALPHA, SPECIFICITY_MIN  # noqa: F401 - one home for the thresholds
 from neurolens.errors import ReportError  # noqa: F401 - re-exported: its home is neurolens.errors
 
 

@@ -11,7 +11,7 @@ from scipy import stats
 from neurolens.constants import ALPHA, OFF_TARGET_FLOOR, SPECIFICITY_MIN
 from neurolens.engine.causal.ablation import stage as ablate
 from neurolens.engine.causal.ablation.controls import bands, group_of, random_controls
-from neurolens.engine.causal.ablation.verdict import empirical_p, qvalues, specificity, validated
+from neurolens.engine.causal.ablation.verdict import empirical_p, specificity, validated
 
 
 # -- controls ------------------------------------------------------------------------------
