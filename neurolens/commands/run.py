@@ -68,7 +68,7 @@ def print_top(res, console, k: int = 10) -> None:
     ablated = top is not None and "validated" in top.columns
     for c in ("neuron", "rank", "score", "selectivity", "consistency", "importance pct", "q",
               "held-out p", "replicated") + (("validated",) if ablated else ()):
-        t.add_column(c, justify="right")
+        t.add_column(c, justify="right", min_width=10 if c == "neuron" else None)
     if top is not None:
         for r in top.to_dicts():
             extra = (("—" if r["validated"] is None else "yes" if r["validated"] else "no"),) if ablated else ()
