@@ -21,7 +21,7 @@ from typing import Any
 
 import polars as pl
 
-from neurolens.constants import ALPHA, EFFECT_GATE, Z_MIN
+from neurolens.constants import ALPHA, EFFECT_GATE, SPECIFICITY_MIN
 from neurolens.errors import NeuroLensError, ProbeError, StoreError
 from neurolens.probes.types import ProbeSet
 from neurolens.store.paths import out_dir, store_dir
@@ -145,7 +145,8 @@ class Finding:
 
     def top(self, k: int = 10) -> pl.DataFrame:
         """The k best-ranked neurons (significant ones only), best first, with their single-neuron
-        ablation z (best over methods) and label where the store has them."""
+        ablation verdict (`validated` under any method that ran, the stored column; the best
+        z for display) and label where the store has them."""
         from neurolens.store.top import top_order
 
         if k < 1:
@@ -157,7 +158,8 @@ class Finding:
         ab = self.ablations
         if ab.height and "z" in ab.columns:
             z = (ab.filter(pl.col("mode") == "single").group_by("layer", "neuron")
-                 .agg(pl.col("z").max()))
+                 .agg(pl.col("z").fill_nan(None).max(), _validated_expr().any().alias("validated"),
+                      pl.col("metric").first()))
             out = out.join(z, on=["layer", "neuron"], how="left", maintain_order="left")
         lb = self.labels
         if lb.height:
@@ -180,8 +182,7 @@ class Finding:
                 "significant": sig, "opposite": count("opposite"), "lexical": lexical,
                 "ranked": int(sc["rank"].is_not_null().sum()),
                 "replicated": rep, "note": self.note,
-                "validated": int((self.ablations.filter(pl.col("mode") == "single")["z"] >= Z_MIN).sum())
-                if self.ablations.height else None}
+                "validated": n_validated(self.ablations) if self.ablations.height else None}
 
     def __repr__(self) -> str:
         s = self.summary()
@@ -198,7 +199,8 @@ class Finding:
         if s["replicated"] is not None:
             head += f", {s['replicated']} replicated on held-out groups"
         if s["validated"] is not None:
-            head += f", {s['validated']} validated by ablation (z ≥ {Z_MIN:g})"
+            head += (f", {s['validated']} validated by ablation (q &lt; {ALPHA}, specificity &gt; "
+                     f"{SPECIFICITY_MIN:g})")
         if s["note"]:
             head += f"<br><b>{e(s['note'])}</b>"
         link = (f'<br>report: <a href="{e(self.report_path.as_uri())}">{e(str(self.report_path))}</a>'
@@ -206,6 +208,19 @@ class Finding:
         top = self.top(10)
         table = top._repr_html_() if top.height else f"<p>no neuron passes q &lt; {ALPHA} for this concept</p>"
         return f"<div>{head}{link}{table}</div>"
+
+
+def _validated_expr() -> pl.Expr:
+    """The stored verdict (engine/causal/ablation/verdict.py); a missing one is False."""
+    return pl.col("validated").fill_null(False)
+
+
+def n_validated(ablations: pl.DataFrame) -> int:
+    """Distinct neurons whose single-neuron ablation is validated under any method."""
+    if "validated" not in ablations.columns:
+        return 0
+    v = ablations.filter((pl.col("mode") == "single") & _validated_expr())
+    return v.select("layer", "neuron").unique().height
 
 
 # -- a model -------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ class RunConfig:
     seed: int = 0
     ablate: bool = False
     ablate_methods: str | tuple[str, ...] = ("zero",)   # a tuple or "zero,mean,range"
+    ablate_controls: int = 99   # random controls per tested set (engine/causal/ablation/stage.N_RANDOM)
     top_k: int = 10
     importance: bool = True
     report: bool = True

@@ -80,6 +80,8 @@ def check_config(cfg: RunConfig) -> None:
         raise ConfigError(f"batch_size (--batch-size) must be at least 1, got {cfg.batch_size}")
     if cfg.top_k < 1:
         raise ConfigError(f"top_k (--top-k) must be at least 1, got {cfg.top_k}")
+    if cfg.ablate_controls < 2:
+        raise ConfigError(f"ablate_controls (--ablate-controls) must be at least 2, got {cfg.ablate_controls}")
     from neurolens.engine.causal.ablation.stage import parse_methods
 
     try:
@@ -244,13 +246,15 @@ def _ablate_step(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Stor
         from neurolens.engine.causal.ablation import stage as ablate
 
         akey = (f"a{ablate.ABLATE_VERSION}:{cfg.top_k}:{cfg.seed}:{','.join(cfg.ablate_methods)}:"
+                f"{cfg.ablate_controls}:"
                 + skey)
         if store.is_complete("ablations", parts, akey):
             res.skipped.append("ablate")
         else:
             ablate.run_ablations(adapter, probes, store, top_k=cfg.top_k, seed=cfg.seed,
                                  batch_size=cfg.batch_size, key=akey, run_id=res.run_id,
-                                 confidence=conf, bars=bars, methods=cfg.ablate_methods)
+                                 confidence=conf, bars=bars, methods=cfg.ablate_methods,
+                                 n_random=cfg.ablate_controls)
     res.seconds["ablate"] = time.perf_counter() - t0
 
 

@@ -28,18 +28,26 @@ class FamilyCheck:
     #: decoys (families that plant them: a gated MLP's act(gate)-only unit) are unranked
     decoy_ok: bool | None = None
     decoy_selectivity: float = float("nan")   # the largest |selectivity| of a decoy
+    #: the planted set's ablation verdict (engine/causal/ablation/verdict.py): p against
+    #: magnitude-matched random sets, and specificity (drop over off-target drop)
+    validated: bool = False
+    p_value: float = float("nan")
+    specificity: float = float("nan")
 
     @property
     def ok(self) -> bool:
         return (self.recall == 1.0 and self.surface_ok and self.decoy_ok is not False
-                and self.random_sig_share <= MAX_RANDOM_SHARE and self.z >= 3.0)
+                and self.random_sig_share <= MAX_RANDOM_SHARE and self.validated)
 
 
 def check_family(family: str, root: Path, *, seed: int = 0, bars: Bars | None = None) -> FamilyCheck:
     from scipy.stats import spearmanr
 
     from neurolens.engine.models import registry
+    from neurolens.engine.causal.ablation.controls import bands, magnitudes, random_controls
     from neurolens.engine.causal.ablation.executor import ablate_sets, base_confidence, relative_drop
+    from neurolens.engine.causal.ablation.stage import neuron_stats
+    from neurolens.engine.causal.ablation.verdict import empirical_p, qvalues, specificity, validated
     from neurolens.engine.causal.confidence import Confidence
     from neurolens.engine.causal.importance import attributions
     from neurolens.engine.planted.build import build_planted
@@ -73,28 +81,34 @@ def check_family(family: str, root: Path, *, seed: int = 0, bars: Bars | None = 
     rnd = ~np.isin(key, special)
     random_share = float((q[rnd] < ALPHA).mean())
 
-    # zero-ablate the planted set against random sets of the same size from the same layers
+    # mean-ablate the planted set against random sets of the same layers and magnitude bands
+    # (never a planted, surface, polysemantic or decoy neuron); mean ablation, because the
+    # planted units rest at a small level off the concept, and zeroing that costs every input
     conf = Confidence(adapter, pm.probes.examples)
-    test_pos = pm.probes.split("test", label=1)
-    rng = np.random.default_rng(seed)
-    layers = [l for l, _ in pm.planted]
-    randoms = []
-    for _ in range(N_RANDOM_SETS):
-        s = []
-        for l in layers:
-            while True:
-                n = int(rng.integers(adapter.n_neurons(l)))
-                if l * 1_000_000 + n not in set(special.tolist()) and (l, n) not in s:
-                    break
-            s.append((l, n))
-        randoms.append(s)
+    test = pm.probes.split("test")
+    pos = np.array([e.label == 1 for e in test])
+    layers = sorted({l for l, _ in pm.planted})
+    store = Store(out / "store")
+    band = bands(magnitudes(store, adapter.name, pm.probes, layers), N_RANDOM_SETS)
+    for x in special.tolist():
+        l, n = divmod(int(x), 1_000_000)
+        if l in band and (l, n) not in set(pm.planted):
+            band[l][n] = -1                      # never a control
+    randoms, _ = random_controls(list(pm.planted), band, N_RANDOM_SETS, seed)
+    values, _ = neuron_stats(store, adapter.name, pm.probes, layers, scores)
     with bars.stage(f"selfcheck ablate {family}", 1) as tick:
-        base = base_confidence(adapter, conf, test_pos)
-        abl = ablate_sets(adapter, conf, test_pos, [list(pm.planted)] + randoms)
+        base = base_confidence(adapter, conf, test)
+        own = ablate_sets(adapter, conf, test, [list(pm.planted)], method="mean", values=values)[0]
+        abl = ablate_sets(adapter, conf, [e for e, p in zip(test, pos) if p], randoms, method="mean",
+                          values=values)
         tick(1)
-    drops = relative_drop(base, abl)
-    null = drops[1:]
-    z = float((drops[0] - null.mean()) / max(null.std(ddof=1), 1e-12))
+    drop = float(relative_drop(base[pos], own[pos]))
+    off = float(relative_drop(base[~pos], own[~pos]))
+    null = relative_drop(base[pos], abl)
+    z = float((drop - null.mean()) / max(null.std(ddof=1), 1e-12))
+    p_value = empirical_p(drop, null)
+    spec = float(specificity(drop, off))
+    ok = bool(validated(qvalues([p_value])[0], spec))      # one set tested: q = p
 
     # importance (one backward pass) against true single-neuron ablation, top 50 by importance
     train_pos = pm.probes.split("train", label=1)
@@ -107,5 +121,5 @@ def check_family(family: str, root: Path, *, seed: int = 0, bars: Bars | None = 
     a = ablate_sets(adapter, conf, train_pos, singles)
     true_drop = np.abs(b[None, :] - a).mean(1)
     rho = float(spearmanr(imp[top50], true_drop).statistic)
-    return FamilyCheck(family, k, recall, surface_ok, random_share, z, float(drops[0]), rho,
-                       decoy_ok, decoy_sel)
+    return FamilyCheck(family, k, recall, surface_ok, random_share, z, drop, rho,
+                       decoy_ok, decoy_sel, ok, p_value, spec)

@@ -13,7 +13,6 @@ from typing import Any
 import polars as pl
 
 from neurolens.api import Finding, PathLike, _methods, run_config
-from neurolens.constants import Z_MIN
 from neurolens.errors import ModelError, NeuroLensError, ProbeError, StoreError, first_line
 from neurolens.store.paths import out_dir, reports_dir, store_dir
 
@@ -107,8 +106,8 @@ def run_pairs(models: Sequence[str], concepts: Sequence[str], modality_of: dict[
 
 def _detail(f: Finding | None, k: int, ablated: bool) -> str:
     """A sweep row: significant top neurons, how many replicate on held-out groups (q_test),
-    how many a single-neuron ablation validates (z >= Z_MIN against random controls), and
-    the neurons counted apart (opposite direction, lexical)."""
+    how many a single-neuron ablation validates (the stored verdict: Finding.top's `validated`),
+    and the neurons counted apart (opposite direction, lexical)."""
     if f is None:
         return "0 significant top neurons"
     top = f.top(k)
@@ -116,7 +115,7 @@ def _detail(f: Finding | None, k: int, ablated: bool) -> str:
     if "replicated" in top.columns:
         out += f", {int(top['replicated'].fill_null(False).sum())} replicated"
     if ablated:
-        n = int((top["z"].fill_null(float("-inf")) >= Z_MIN).sum()) if "z" in top.columns else 0
+        n = int(top["validated"].fill_null(False).sum()) if "validated" in top.columns else 0
         out += f", {n} validated"
     s = f.summary()
     return out + f" (of {s['significant']} significant; {s['opposite']} opposite, {s['lexical']} lexical)"

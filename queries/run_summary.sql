@@ -1,7 +1,7 @@
 -- description: One row per run: what it ran, its status, row counts in the store and its timings (newest first); every run unless a model or concept is given.
 -- param: model VARCHAR = NULL
 -- param: concept VARCHAR = NULL
--- param: min_z DOUBLE = Z_MIN
+-- param: alpha DOUBLE = ALPHA
 WITH s AS (
     SELECT run_id,
            count(*) AS n_scored,
@@ -12,7 +12,7 @@ WITH s AS (
 ab AS (
     SELECT run_id,
            count(*) AS n_ablations,
-           count(*) FILTER (WHERE mode = 'single' AND z >= $min_z AND isfinite(z)) AS n_validated
+           count(DISTINCT (layer, neuron)) FILTER (WHERE mode = 'single' AND coalesce(validated, false)) AS n_validated
     FROM ablations GROUP BY run_id
 )
 SELECT

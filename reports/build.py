@@ -14,7 +14,8 @@ import duckdb
 import polars as pl
 
 from . import charts as ch
-from .data import ALPHA, Z_MIN, Entry, ReportError, catalog, check, connect, has_rows, query, stage_neuron_values
+from .data import (ALPHA, SPECIFICITY_MIN, Entry, ReportError, catalog, check, connect, has_rows, query,
+                   stage_neuron_values)
 from .html import Charts, render_page, thumbnail
 from .sankey import sankey_svg
 
@@ -111,7 +112,8 @@ def render_report(store_root: str | Path, model: str, concept: str, out_dir: str
         seconds=_seconds, n_layers=entry.n_layers, best=top[0] if top else None, cards=cards,
         top_validated=sum(bool(t["validated"]) for t in top),
         finding=_finding(con, p, head["run"], head["n_scored"], head["have_ablations"]),
-        overlap=_overlap(con, p, OVERLAP_K), alpha=ALPHA, z_min=Z_MIN, notes=notes,
+        overlap=_overlap(con, p, OVERLAP_K), alpha=ALPHA, spec_min=SPECIFICITY_MIN, notes=notes,
+        metric_text=METRIC_TEXT,
         **head, **where, **scatter, **sankey, **abl,
         index_link=(out_dir / "index.html").exists() if index_link is None else index_link,
         generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -130,7 +132,7 @@ def _headline(con, p: dict, top_n: int) -> dict:
         n_scored=int(layer_counts["n_scored"].sum()), n_sig=int(layer_counts["n_sig"].sum()),
         top=query(con, "top_neurons", k=top_n, **p).to_dicts(), have_ablations=have_ablations,
         have_labels=has_rows(con, "labels", model=p["model"]), singles=singles,
-        n_validated=(singles.filter(pl.col("z") >= Z_MIN).select("layer", "neuron").unique().height
+        n_validated=(singles.filter(pl.col("validated")).select("layer", "neuron").unique().height
                      if singles is not None else None),
     )
 
@@ -183,7 +185,7 @@ def _ablation_section(con, c: Charts, p: dict, have_ablations: bool,
     if not have_ablations:
         notes["ablation"] = ("No ablations in the store for this model × concept: run with "
                              "--ablate to test whether the model relies on these neurons.")
-        return dict(ablation_id=None, abl_summary=[], zero=None)
+        return dict(ablation_id=None, abl_summary=[], zero=None, range_note=_range_note([]))
     curve = query(con, "ablation_curve", **p)
     rand = query(con, "ablation_random", **p)
     if curve.height:
@@ -193,7 +195,10 @@ def _ablation_section(con, c: Charts, p: dict, have_ablations: bool,
             r = g.sort("k").row(-1, named=True)
             abl_summary.append({"method": m[0], "k": r["k"], "drop": _f(r["drop"]),
                                 "random": _f(r["random_drop_mean"]), "z": _f(r["z"]),
-                                "off": _f(r["off_target_drop"])})
+                                "off": _f(r["off_target_drop"]), "p": _f(r["p_value"]),
+                                "q": _f(r["q_value"]), "spec": _f(r["specificity"]),
+                                "n_controls": r["n_controls"], "validated": bool(r["validated"]),
+                                "metric": r["metric"]})
         notes["ablation_random"] = (
             "Dots are individual random sets of k neurons from the same layers; the grey band is "
             "their mean ± 2σ." if rand.height else
@@ -202,7 +207,32 @@ def _ablation_section(con, c: Charts, p: dict, have_ablations: bool,
     else:
         notes["ablation"] = "Only single-neuron ablations are stored for this concept (no top-k curve)."
     zero = next((a for a in abl_summary if a["method"] == "zero"), abl_summary[0] if abl_summary else None)
-    return dict(ablation_id=ablation_id, abl_summary=abl_summary, zero=zero)
+    return dict(ablation_id=ablation_id, abl_summary=abl_summary, zero=zero, range_note=_range_note(abl_summary))
+
+
+#: what each `metric` of the ablations table is a probability of
+METRIC_TEXT = {
+    "target_prob": "the model's own output probability of the probe's target",
+    "readout_prob": "the probability of a readout probe on the final pooled representation (an encoder without a head)",
+}
+
+
+def _range_note(summary: list[dict]) -> str:
+    """Whether range ablation kept the effect with less collateral damage than zero/mean."""
+    by = {a["method"]: a for a in summary}
+    rg = by.get("range")
+    whole = [by[m] for m in ("zero", "mean") if m in by]
+    if rg is None or not whole or rg["drop"] is None:
+        return "Run with --ablate-methods zero,mean,range to compare range with whole-neuron ablation."
+    parts = []
+    for w in whole:
+        if w["drop"] is None or w["off"] is None or rg["off"] is None:
+            continue
+        kept = rg["drop"] / w["drop"] if w["drop"] else float("nan")
+        parts.append(f"against {w['method']}, range keeps {kept:.0%} of the drop with "
+                     f"{'less' if abs(rg['off']) < abs(w['off']) else 'no less'} collateral damage "
+                     f"(off-target {rg['off']:+.1%} vs {w['off']:+.1%})")
+    return ("Range ablation: " + "; ".join(parts) + ".") if parts else ""
 
 
 def _finding(con, p: dict, run: dict | None, n_scored: int, ablated: bool) -> dict:
@@ -425,7 +455,7 @@ def _render_index(con, out_dir: Path, chosen: list[Entry], modality: dict[str, s
                cells=cells, max_sig=max_sig, chart_id=chart_id, modality=modality, n_layers=n_layers,
                pairs=[{"a": a, "b": b, "href": compare_name(a, b), "modality": modality[a]}
                       for a, b in pairs],
-               n_reports=len(chosen), best=best[0] if best else None, alpha=ALPHA, z_min=Z_MIN,
+               n_reports=len(chosen), best=best[0] if best else None, alpha=ALPHA, spec_min=SPECIFICITY_MIN,
                index_link=False, report_name=report_name,
                generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     return render_page("index.html.j2", out_dir / "index.html", c, **ctx)

@@ -12,7 +12,7 @@ import polars as pl
 
 from .sankey import concept_colors
 
-STATUS_DOMAIN = ["validated (z ≥ 3)", "significant (q < 0.05)", "neither"]
+STATUS_DOMAIN = ["validated by ablation", "significant (q < 0.05)", "neither"]
 STATUS_RANGE = ["#e45756", "#4c78a8", "#c7ccd4"]
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif"
 

@@ -12,7 +12,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from neurolens.constants import ALPHA, Z_MIN  # one home for both thresholds
+from neurolens.constants import ALPHA, SPECIFICITY_MIN  # noqa: F401 - one home for the thresholds
 from neurolens.errors import ReportError  # noqa: F401 - re-exported: its home is neurolens.errors
 from neurolens.store.sql import bind, read_sql, run_file, statement
 
@@ -23,7 +23,6 @@ SQL_DIR = Path(__file__).resolve().parent / "sql"
 def query(con: duckdb.DuckDBPyConnection, name: str, **params: Any) -> pl.DataFrame:
     """Run the named SQL file with its `$name` parameters filled; a polars frame."""
     params.setdefault("alpha", ALPHA)
-    params.setdefault("z_min", Z_MIN)
     return run_file(con, SQL_DIR, name, **params)
 
 

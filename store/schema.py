@@ -66,7 +66,10 @@ ABLATIONS = pa.schema([
     ("neuron", pa.int32()), ("metric", pa.string()), ("base_conf", pa.float64()),
     ("ablated_conf", pa.float64()), ("drop", pa.float64()), ("random_drop_mean", pa.float64()),
     ("random_drop_std", pa.float64()), ("z", pa.float64()), ("off_target_drop", pa.float64()),
-    ("n_examples", pa.int32()), ("neurons", pa.list_(pa.string())), ("run_id", pa.string()),
+    ("n_examples", pa.int32()), ("neurons", pa.list_(pa.string())),
+    ("band", pa.int32()), ("n_controls", pa.int32()), ("p_value", pa.float64()),
+    ("q_value", pa.float64()), ("specificity", pa.float64()), ("validated", pa.bool_()),
+    ("run_id", pa.string()),
 ])
 
 LABELS = pa.schema([

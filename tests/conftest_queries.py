@@ -2,8 +2,8 @@
 
 Two models with different depths ('bert-tiny': 4 layers × 64 neurons, 'roberta-tiny':
 6 layers × 48 neurons), three concepts, scores with a planted set of significant
-neurons (some significant for several concepts), ablations with some z ≥ 3 (and
-rows that must not count: cumulative/random modes, a NaN z), and the runs rows.
+neurons (some significant for several concepts), ablations with some validated (and
+rows that must not count: cumulative/random modes, a NaN z, a NaN drop), and the runs rows.
 The same data is kept as polars frames (with the partition keys as columns) so the
 tests can compute every query's answer independently.
 """
@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import stats
 
+from neurolens.engine.causal.ablation import verdict
 from neurolens.store.layout import Store
 from neurolens.store.schema import ABLATIONS, EXAMPLES, LABELS, RUNS, SCORES, TOP_EXAMPLES
 
@@ -77,7 +78,8 @@ def _scores(rng: np.random.Generator, n_layers: int, width: int, planted: np.nda
         "range_lo": mean_pos - 2 * std_pos, "range_hi": mean_pos + 2 * std_pos,
         "range_overlap": rng.uniform(0, 0.3, n),
         "n_units": np.full(n, 24, np.int32), "selectivity_test": selectivity, "p_test": p,
-        "q_test": pa.array(q_test, from_pandas=True), "replicated": q_test < 0.05, "rank_probeless": pa.nulls(n, pa.int32()),
+        "q_test": pa.array(q_test, from_pandas=True), "replicated": q_test < 0.05,
+        "rank_probeless": pa.nulls(n, pa.int32()),
         "rank_probe": pa.nulls(n, pa.int32()),
     }
     return cols
@@ -122,14 +124,28 @@ def build(root: Path, seed: int = 7) -> Synthetic:
             m = len(rows)
             base = rng.uniform(0.5, 0.9, m)
             drop = rng.uniform(0.0, 0.4, m)
+            off = rng.uniform(0, 0.05, m)
+            zs = np.array([r["z"] for r in rows])
+            tested = np.array([r["mode"] != "random" for r in rows])
+            pv = np.where(np.isfinite(zs), stats.norm.sf(np.nan_to_num(zs)), np.nan)
+            if ci == 1:
+                drop[0] = np.nan          # a NaN drop: NaN specificity, never validated
+            qv = np.full(m, np.nan)
+            for meth in ("zero", "mean"):
+                sel = tested & (np.array([r["method"] for r in rows]) == meth)
+                qv[sel] = verdict.qvalues(pv[sel])
+            spec = np.where(tested, verdict.specificity(drop, off), np.nan)
+            val = verdict.validated(qv, spec)
             abl = pa.Table.from_pydict({
                 "method": [r["method"] for r in rows], "mode": [r["mode"] for r in rows],
                 "k": [r["k"] for r in rows], "layer": [r["layer"] for r in rows],
                 "neuron": [r["neuron"] for r in rows],
                 "metric": ["readout_prob"] * m, "base_conf": base, "ablated_conf": base * (1 - drop),
                 "drop": drop, "random_drop_mean": np.full(m, 0.02), "random_drop_std": np.full(m, 0.03),
-                "z": [r["z"] for r in rows], "off_target_drop": rng.uniform(0, 0.05, m),
+                "z": [r["z"] for r in rows], "off_target_drop": off,
                 "n_examples": np.full(m, 40, np.int32),
+                "n_controls": np.full(m, 99, np.int32), "p_value": pv, "q_value": qv,
+                "specificity": spec, "validated": val, "band": np.zeros(m, np.int32),
                 "neurons": [[f"{r['layer']}:{r['neuron']}"] for r in rows],
                 "run_id": [run_id] * m,
             }, schema=ABLATIONS)

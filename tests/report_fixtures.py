@@ -261,6 +261,7 @@ def build_model_concept(store: Store, spec: ModelSpec, concept: str, *, n_pos: i
                 for r in rd:
                     add(method=method, mode="random", k=k, metric="readout", base_conf=base,
                         ablated_conf=base * (1 - r), drop=float(r), n_examples=int(n_pos * 0.3))
+    _verdicts(cols)
     store.write_partition("ablations", parts, _table("ablations", cols, run_id), key=run_id, run_id=run_id)
 
     # -- top examples ------------------------------------------------------------------
@@ -297,6 +298,31 @@ def build_model_concept(store: Store, spec: ModelSpec, concept: str, *, n_pos: i
                status=["complete"], dtype=["float32"], started_at=[t0],
                finished_at=[t0 + dt.timedelta(seconds=15)])
     store.write_run(_table("runs", run, run_id), run_id)
+
+
+def _verdicts(cols: dict[str, list]) -> None:
+    """p (normal tail of z, a stand-in for the controls), BH q per method over the tested
+    rows, specificity and `validated`, through the one definition."""
+    from scipy import stats
+
+    from neurolens.engine.causal.ablation import verdict
+
+    n = len(cols["mode"])
+    z = np.array([np.nan if v is None else v for v in cols["z"]], dtype=float)
+    tested = np.array([m != "random" for m in cols["mode"]])
+    p = np.where(tested & np.isfinite(z), stats.norm.sf(np.nan_to_num(z)), np.nan)
+    q = np.full(n, np.nan)
+    for meth in set(cols["method"]):
+        sel = tested & (np.array(cols["method"]) == meth)
+        q[sel] = verdict.qvalues(p[sel])
+    drop = np.array(cols["drop"], dtype=float)
+    off = np.array([np.nan if v is None else v for v in cols["off_target_drop"]], dtype=float)
+    spec = verdict.specificity(drop, off)
+    val = verdict.validated(q, spec)
+    cols["p_value"] = [None if np.isnan(x) else float(x) for x in p]
+    cols["q_value"] = [None if np.isnan(x) else float(x) for x in q]
+    cols["specificity"] = [None if np.isnan(x) else float(x) for x in spec]
+    cols["validated"] = [bool(x) for x in val]
 
 
 def build_labels(store: Store, spec: ModelSpec, seed: int) -> None:

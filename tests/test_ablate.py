@@ -42,11 +42,12 @@ def planted_run(planted, tmp_path_factory):
     pm, adapter, conf, _ = planted
     out = tmp_path_factory.mktemp("planted_out")
     k = len(pm.planted)
+    # 39 controls: p resolves 1/40, enough for BH at 0.05 over the 6 tested sets when all are strong
     res = run(RunConfig(model=str(pm.path), ablate=True, top_k=k, report=False, out=str(out),
-                        batch_size=32, ablate_methods="zero,mean,range"), adapter=adapter,
-              probes=pm.probes)
+                        batch_size=32, ablate_methods="zero,mean,range", ablate_controls=39),
+              adapter=adapter, probes=pm.probes)
     store = Store(out / "store")
-    return pm, res, read_table(store, "ablations", {"model": adapter.name, "concept": pm.concept})
+    return pm, res, read_table(store, "ablations", {"model": adapter.name, "concept": pm.concept}), store
 
 
 @pytest.fixture(scope="module", params=["gpt2", "bert", "roberta", "resnet", "llama"])
@@ -175,14 +176,14 @@ def test_random_controls_match_layers_and_exclude_top():
     for d in draws:
         assert [l for l, _ in d] == [l for l, _ in top]
         assert len(set(d)) == len(d) and not set(d) & set(top)
-    assert sorted(singles) == [0, 2] and all(len(v) == 20 for v in singles.values())
+    assert sorted(singles) == [(0, 0), (2, 0)] and all(len(v) == 20 for v in singles.values())
     assert random_controls(top, lambda l: 50, 20, seed=3) == (draws, singles)
     assert zscore(1.0, np.array([0.0, 0.0, 0.0]))[2] == np.inf
     assert zscore(0.5, np.array([0.0, 1.0]))[2] == pytest.approx(0.0)
 
 
 def test_pipeline_ablation_rows_on_planted_model(planted_run):
-    pm, res, t = planted_run
+    pm, res, t, _ = planted_run
     rows = t.to_pylist()
     k = len(pm.planted)
     assert {r["method"] for r in rows} == {"zero", "mean", "range"}
@@ -195,9 +196,9 @@ def test_pipeline_ablation_rows_on_planted_model(planted_run):
         assert sorted(r["k"] for r in mine if r["mode"] == "cumulative") == sizes
         for j in range(1, k + 1):
             n_random = sum(r["mode"] == "random" and r["k"] == j for r in mine)
-            if j in sizes:      # every z is against at least 20 random sets of the same layers
+            if j in sizes:      # every p is against 39 random sets of the same layers and bands
                 cum = next(r for r in mine if r["mode"] == "cumulative" and r["k"] == j)
-                assert n_random >= 20 and cum["z"] is not None
+                assert n_random >= 39 and cum["n_controls"] == 39 and cum["p_value"] is not None
             else:               # no controls where none were asked for
                 assert n_random == 0
         # controls run on the concept examples alone: their drop is all a z needs
@@ -216,6 +217,38 @@ def test_pipeline_ablation_rows_on_planted_model(planted_run):
         f"{m} drop {full[m]['drop']:+.4f} off_target_drop {off[m]:+.5f}" for m in off))
     assert off["zero"] > 1e-3
     assert abs(off["range"]) < abs(off["zero"]) / 10
+    # the verdict: mean and range ablation of the planted set (and of each planted neuron) is
+    # validated; zeroing also costs the other examples, so it is not specific enough here
+    for m in ("mean", "range"):
+        assert all(r["validated"] for r in rows if r["method"] == m and r["mode"] != "random"), m
+    assert full["zero"]["p_value"] == pytest.approx(1 / 40) and not full["zero"]["validated"]
+    assert full["zero"]["specificity"] < 2 < full["mean"]["specificity"]
+    assert all(r["band"] is not None for r in rows)
+
+
+def test_a_magnitude_matched_random_set_is_not_validated(planted, planted_run):
+    """The control sets of the planted run, tested as the planted set is (drop against the
+    other controls, BH over them, off-target drop measured): none validates."""
+    from neurolens.engine.causal.ablation.verdict import qvalues, specificity, validated
+
+    pm, adapter, conf, test = planted
+    _, res, t, store = planted_run
+    k = len(pm.planted)
+    rows = [r for r in t.to_pylist() if r["method"] == "mean" and r["mode"] == "random" and r["k"] == k]
+    top, scores = top_neurons(store, adapter.name, pm.concept, k)
+    values, _ = neuron_stats(store, adapter.name, pm.probes, sorted({l for l, _ in top}), scores)
+    sets = [[tuple(int(v) for v in x[1:].split(".N")) for x in r["neurons"]] for r in rows[:8]]
+    pos = np.array([e.label == 1 for e in test])
+    base = base_confidence(adapter, conf, test)
+    abl = ablate_sets(adapter, conf, test, sets, method="mean", values=values)
+    drop = relative_drop(base[pos], abl[:, pos])
+    np.testing.assert_allclose(drop, [r["drop"] for r in rows[:8]], atol=1e-6)   # the stored drops
+    off = relative_drop(base[~pos], abl[:, ~pos])
+    q = qvalues(np.array([r["p_value"] for r in rows[:8]]))
+    assert not validated(q, specificity(drop, off)).any()
+    planted_row = next(r for r in t.to_pylist() if r["method"] == "mean" and r["mode"] == "cumulative"
+                       and r["k"] == k)
+    assert planted_row["validated"] and planted_row["drop"] > 10 * max(drop.max(), 0.01)
 
 
 # -- MiniLM, the real pretrained encoder, with the built-in negation probes ---------------

@@ -29,7 +29,7 @@ def test_run_end_to_end(planted_factory, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["run", "--model", str(pm.path), "--probes", str(probes), "--layers", "1", "2",
             "--ablate", "--top-k", "3", "--pooling", "mean", "--device", "cpu", "--batch-size", "16",
-            "--seed", "1", "--no-importance", "--out", str(out)]
+            "--seed", "1", "--no-importance", "--ablate-controls", "19", "--out", str(out)]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "top neurons" in text and "report:" in text
@@ -42,6 +42,8 @@ def test_run_end_to_end(planted_factory, tmp_path, capsys):
     assert report.is_file() and report.suffix == ".html"
     planted = {f"L{l}.N{n}" for l, n in pm.planted}
     assert planted & set(text.split()), text  # a planted neuron is among the top ones
+    # the ablation summary says what validated means and which confidence the drops are on
+    assert "validated" in text and "drops measured on target_prob" in " ".join(text.split()), text
 
     from neurolens.store import connect
 

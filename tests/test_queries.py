@@ -43,7 +43,7 @@ def test_fixture_is_realistic(syn):
     assert s.group_by("model").agg(pl.col("n_layers").first()).sort("model")["n_layers"].to_list() == [4, 6]
     sig = s.filter(pl.col("q_value") < ALPHA)
     assert 10 < sig.height < s.height / 5
-    assert syn.ablations.filter((pl.col("mode") == "single") & (pl.col("z") >= 3)).height > 5
+    assert syn.ablations.filter((pl.col("mode") == "single") & pl.col("validated")).height > 5
     assert queries.sql(syn.root, "SELECT count(*) AS n FROM scores")["n"][0] == s.height
 
 
@@ -180,24 +180,24 @@ def test_concept_overlap(syn, model, min_concepts):
 # -- validated ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("model,concept", [(None, None), ("bert-tiny", None), ("roberta-tiny", "royalty"),
                                            ("bert-tiny", "negation")])
-@pytest.mark.parametrize("min_z", [None, 5.0])
-def test_validated(syn, model, concept, min_z):
-    params = {k: v for k, v in dict(model=model, concept=concept, min_z=min_z).items() if v is not None}
+def test_validated(syn, model, concept):
+    params = {k: v for k, v in dict(model=model, concept=concept).items() if v is not None}
     got = queries.named(syn.root, "validated", **params)
-    a = syn.ablations.filter((pl.col("mode") == "single") & pl.col("z").is_finite()
-                             & (pl.col("z") >= (min_z or 3.0)))
+    a = (syn.ablations.filter((pl.col("mode") == "single") & pl.col("validated"))
+         .rename({"q_value": "ablation_q"}))
     if model:
         a = a.filter(pl.col("model") == model)
     if concept:
         a = a.filter(pl.col("concept") == concept)
     want = (a.join(syn.scores.select("model", "concept", "layer", "neuron", "rank", "score", "q_value"),
                    on=["model", "concept", "layer", "neuron"], how="left")
-            .sort(["model", "concept", "z", "layer", "neuron", "method"],
+            .sort(["model", "concept", "drop", "layer", "neuron", "method"],
                   descending=[False, False, True, False, False, False]))
     assert got.height == want.height > 0
     _same(got, want.select("model", "concept", "method", "layer", "neuron", "rank", "score", "q_value",
-                           "drop", "z"))
-    assert got["z"].is_nan().sum() == 0
+                           "drop", "z", "ablation_q"))
+    assert got["drop"].is_nan().sum() == 0 and got["specificity"].is_nan().sum() == 0
+    assert (got["ablation_q"] < ALPHA).all()
     assert got["rank"].null_count() == 0  # ablated neurons are ranked ones
 
 
@@ -209,8 +209,8 @@ def test_run_summary(syn):
                                           pl.col("rank").count().alias("n_ranked"))
     a = syn.ablations.group_by("run_id").agg(
         pl.len().alias("n_ablations"),
-        ((pl.col("mode") == "single") & (pl.col("z") >= 3) & pl.col("z").is_finite()).sum()
-        .alias("n_validated"))
+        pl.struct("layer", "neuron").filter((pl.col("mode") == "single") & pl.col("validated"))
+        .n_unique().alias("n_validated"))
     want = (syn.runs.join(s, on="run_id", how="left").join(a, on="run_id", how="left")
             .with_columns(pl.col("n_scored", "n_significant", "n_ranked", "n_ablations", "n_validated")
                           .fill_null(0),
@@ -264,7 +264,6 @@ def test_header_parsing():
     (lambda r: queries.named(r, "top_neurons", model="m", concept="c", kk=3), "no parameter 'kk'"),
     (lambda r: queries.named(r, "top_neurons", model="m", concept="c", k="ten"), "not a valid INTEGER"),
     (lambda r: queries.named(r, "top_neurons", model="m", concept="c", k=True), "not a valid INTEGER"),
-    (lambda r: queries.named(r, "validated", min_z="high"), "not a valid DOUBLE"),
     (lambda r: queries.sql(r, "SELEC 1"), "SQL failed: Parser Error"),
     (lambda r: queries.sql(r, "SELECT nope FROM scores"), "SQL failed"),
     (lambda r: queries.sql(r, "   "), "empty SQL"),
@@ -453,3 +452,21 @@ def test_top_neurons_is_one_rule(syn, k):
         con = report_connect(syn.root)
         rep = report_query(con, "top_neurons", model=model, concept="royalty", k=k)
         assert [(r["layer"], r["neuron"]) for r in want] == list(zip(rep["layer"], rep["neuron"]))
+
+
+# -- range_vs_whole -------------------------------------------------------------------------------
+def test_range_vs_whole(syn):
+    got = queries.named(syn.root, "range_vs_whole")
+    a = syn.ablations
+    cells = (a.filter((pl.col("mode") == "single") & pl.col("validated"))
+             .select("model", "concept").unique())
+    full = (a.filter(pl.col("mode") == "cumulative")
+            .filter(pl.col("k") == pl.col("k").max().over("model", "concept", "method")))
+    want = (cells.join(full.filter(pl.col("method") == "zero")
+                       .select("model", "concept", "k", zero_drop="drop", zero_off_target="off_target_drop"),
+                       on=["model", "concept"], how="left")
+            .sort("model", "concept"))
+    assert got.height == want.height > 0
+    _same(got, want)
+    assert got["mean_drop"].null_count() == got.height      # the fixture's curve is zero-only
+    assert set(got["metric"].to_list()) == {"readout_prob"}

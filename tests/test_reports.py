@@ -87,11 +87,11 @@ def test_summary_numbers_match_the_store(store_root, report_set):
         "WHERE model = 'gpt2' AND concept = 'negation'").fetchall()[0]
     n_found = con.execute(
         "SELECT count(*) FROM scores s JOIN (SELECT DISTINCT layer, neuron FROM ablations WHERE "
-        "model = 'gpt2' AND concept = 'negation' AND mode = 'single' AND z >= 3) USING (layer, neuron) "
+        "model = 'gpt2' AND concept = 'negation' AND mode = 'single' AND validated) USING (layer, neuron) "
         "WHERE model = 'gpt2' AND concept = 'negation' AND significant AND NOT lexical AND replicated").fetchall()[0][0]
     n_val = con.execute(
         "SELECT count(DISTINCT (layer, neuron)) FROM ablations WHERE model = 'gpt2' AND "
-        "concept = 'negation' AND mode = 'single' AND z >= 3").fetchall()[0][0]
+        "concept = 'negation' AND mode = 'single' AND validated").fetchall()[0][0]
     best = con.execute(
         "SELECT 'L' || layer || '.N' || neuron FROM scores WHERE model = 'gpt2' AND concept = 'negation' "
         "AND significant AND NOT lexical ORDER BY rank LIMIT 1").fetchall()[0][0]

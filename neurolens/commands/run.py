@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from neurolens.constants import ALPHA, Z_MIN
+from neurolens.constants import ALPHA
 from neurolens.engine.runtime.pooling import POOLINGS
 
 POOLING_HELP = ("how a neuron's values over an example's tokens become one number: "
@@ -22,6 +22,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="skip the causal ablation (default for run)")
     p.add_argument("--ablate-methods", default="zero", metavar="M[,M]",
                    help="ablation methods, comma-separated: zero, mean, range (default zero)")
+    p.add_argument("--ablate-controls", type=int, default=99, metavar="N",
+                   help="random controls per tested set, matched on layer and magnitude band "
+                        "(default 99: p resolves 0.01)")
     p.add_argument("--top-k", type=int, default=10, metavar="K",
                    help="how many of the best-ranked neurons are printed, ablated (alone, "
                         "cumulatively and against random sets) and labelled (default 10)")
@@ -71,7 +74,8 @@ def config(args: argparse.Namespace, model: str, concept: str | None, *, ablate:
                      layers=args.layers, pooling=args.pooling, dtype=args.dtype, device=args.device,
                      device_map=args.device_map, max_memory=args.max_memory,
                      batch_size=args.batch_size, seed=args.seed, ablate=ablate if args.ablate is None else args.ablate,
-                     ablate_methods=args.ablate_methods, top_k=args.top_k,
+                     ablate_methods=args.ablate_methods, ablate_controls=args.ablate_controls,
+                     top_k=args.top_k,
                      importance=not args.no_importance, report=not args.no_report, out=args.out)
 
 
@@ -83,38 +87,36 @@ def print_top(res, console, k: int = 10) -> None:
 
     top = res.top(k)
     t = Table(title=f"top neurons · {res.model} · {res.concept}")
+    ablated = top is not None and "validated" in top.columns
     for c in ("neuron", "rank", "score", "selectivity", "consistency", "importance pct", "q",
-              "held-out q", "replicated"):
-        t.add_column(c, justify="right")
+              "held-out q", "replicated") + (("validated",) if ablated else ()):
+        t.add_column(c, justify="right", min_width=10 if c == "neuron" else None)
     if top is not None:
         for r in top.to_dicts():
+            extra = (("—" if r["validated"] is None else "yes" if r["validated"] else "no"),) if ablated else ()
             imp = "—" if r["importance_pct"] is None else f"{r['importance_pct']:.2f}"
             pt = "—" if r.get("q_test") is None else f"{r['q_test']:.1e}"
             t.add_row(f"L{r['layer']}.N{r['neuron']}", str(r["rank"]), f"{r['score']:.3f}",
                       f"{r['selectivity']:+.3f}", f"{r['consistency']:.2f}", imp, f"{r['q_value']:.1e}",
-                      pt, "yes" if r.get("replicated") else "no")
+                      pt, "yes" if r.get("replicated") else "no", *extra)
     if getattr(res, "baseline", None):
         console.print(res.baseline, soft_wrap=True, highlight=False)
     if getattr(res, "note", None):
         console.print(res.note, soft_wrap=True, highlight=False)
     console.print(t)
-    if top.height == 0:
+    if ablated:
+        console.print(ablation_line(res), soft_wrap=True, highlight=False)
+    if top is None or top.height == 0:
         console.print(f"no concept-specific neuron passes q < {ALPHA} (concept-preferring, effect above "
                       "the gate, not lexical) for this concept")
-    if "z" in top.columns:           # the run ablated
-        cells = [f"L{r['layer']}.N{r['neuron']} z {r['z']:+.2f} "
-                 f"{'validated' if r['z'] >= Z_MIN else 'not validated'}"
-                 for r in top.to_dicts() if r.get("z") is not None]
-        console.print(f"single-neuron ablation (z against random neurons of the same layer; "
-                      f"validated when z ≥ {Z_MIN:g}): {' · '.join(cells) or '—'}",
-                      highlight=False, soft_wrap=True)
+    if ablated:
         print_ablation(res, console)
 
 
 def print_ablation(res, console) -> None:
-    """Per method, the cumulative top-k set at its largest k against random sets of the same
-    size and layers: the columns of the ablations table, and validated = z ≥ Z_MIN. One line
-    each, so no terminal width wraps them."""
+    """Per method, the cumulative top-k set at its largest k against its magnitude-matched
+    random sets: the ablations table's statistics and its stored verdict. One line each, so
+    no terminal width wraps them."""
     import polars as pl
 
     ab = res.ablations.filter(pl.col("mode") == "cumulative")
@@ -124,17 +126,24 @@ def print_ablation(res, console) -> None:
     for r in ab.sort("k").group_by("method", maintain_order=True).last().sort("method").to_dicts():
         rand = ("—" if r["random_drop_mean"] is None else
                 f"{r['random_drop_mean']:+.3f} ± {r['random_drop_std'] or 0:.3f}")
-        ok = "—" if r["z"] is None else "yes" if r["z"] >= Z_MIN else "no"
+        ok = "—" if r["validated"] is None else "yes" if r["validated"] else "no"
         console.print(f"  {r['method']}, k={r['k']}: {r['metric']} {num(r['base_conf'], '.3f')} → "
                       f"{num(r['ablated_conf'], '.3f')}, drop {num(r['drop'], '+.3f')} against random "
-                      f"drop {rand}, z {num(r['z'], '+.2f')}, off-target drop "
-                      f"{num(r['off_target_drop'], '+.3f')}, validated {ok}", highlight=False,
+                      f"drop {rand} (z {num(r['z'], '+.2f')}), p {num(r['p_value'], '.3g')}, "
+                      f"q {num(r['q_value'], '.3g')}, off-target drop {num(r['off_target_drop'], '+.3f')}, "
+                      f"specificity {num(r['specificity'], '.2f')}, validated {ok}", highlight=False,
                       soft_wrap=True)
-    single = res.ablations.filter(pl.col("mode") == "single")
-    n_val = single.filter(pl.col("z") >= Z_MIN).select("layer", "neuron").unique().height
-    console.print(f"{n_val} of {single.select('layer', 'neuron').unique().height} top neurons "
-                  f"validated alone (single-neuron ablation z ≥ {Z_MIN:g} against random neurons "
-                  f"of the same layer)", highlight=False, soft_wrap=True)
+
+
+def ablation_line(res) -> str:
+    """What `validated` means and which confidence the drops are measured on."""
+    from neurolens.constants import SPECIFICITY_MIN
+
+    ab = res.ablations
+    metrics = ", ".join(sorted(set(ab["metric"].drop_nulls().to_list()))) or "—"
+    return (f"ablation: {res.summary()['validated']} neurons validated (q < {ALPHA} over the tested "
+            f"sets against magnitude-matched random controls, and a concept drop > {SPECIFICITY_MIN:g}× "
+            f"the off-target drop); drops measured on {metrics}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -46,13 +46,14 @@ def run(args: argparse.Namespace) -> int:
             rows.append(check_family(fam, root, seed=args.seed, bars=bars))
     t = Table(title="selfcheck: planted concept neurons")
     for c in ("family", "planted", "recall@k", "surface distractor", "decoy (selectivity)",
-              "random q<0.05", "ablation z", "importance ρ", "pass"):
+              "random q<0.05", "ablation p (z)", "specificity", "importance ρ", "pass"):
         t.add_column(c, justify="right")
     for r in rows:
         decoy = "—" if r.decoy_ok is None else \
             f"{'not ranked' if r.decoy_ok else 'RANKED'} ({r.decoy_selectivity:.2f})"
         t.add_row(r.family, str(r.k), f"{r.recall:.2f}", "not ranked" if r.surface_ok else "RANKED",
-                  decoy, f"{r.random_sig_share:.3f}", f"{r.z:.1f}", f"{r.importance_rho:.2f}",
+                  decoy, f"{r.random_sig_share:.3f}", f"{r.p_value:.3f} ({r.z:.1f})",
+                  f"{r.specificity:.1f}", f"{r.importance_rho:.2f}",
                   "[green]yes" if r.ok else "[red]NO")
     Console().print(t)
     return 0 if all(r.ok for r in rows) else 1

@@ -1,5 +1,5 @@
 -- One row per model x concept: significant neurons, those that replicate on held-out groups,
--- best neuron, validated neurons (single-neuron z >= 3), and the findings: significant,
+-- best neuron, validated neurons (the stored single-neuron verdict), and the findings: significant,
 -- replicated and (where ablation ran) validated.
 WITH s AS (
     SELECT model, concept, count(*) AS n_scored,
@@ -11,16 +11,16 @@ WITH s AS (
     FROM scores GROUP BY ALL
 ), v AS (
     SELECT model, concept, count(DISTINCT (layer, neuron)) AS n_validated
-    FROM ablations WHERE mode = 'single' AND z >= $z_min GROUP BY ALL
+    FROM ablations WHERE mode = 'single' AND coalesce(validated, false) GROUP BY ALL
 ), f AS (
     SELECT s.model, s.concept, count(*) AS n_found_validated
     FROM scores s JOIN (SELECT DISTINCT model, concept, layer, neuron FROM ablations
-                        WHERE mode = 'single' AND z >= $z_min) v USING (model, concept, layer, neuron)
+                        WHERE mode = 'single' AND coalesce(validated, false)) v USING (model, concept, layer, neuron)
     WHERE (s.significant AND NOT s.lexical) AND coalesce(s.replicated, false) GROUP BY ALL
 ), h AS (
     SELECT DISTINCT model, concept FROM ablations
 ), a AS (
-    SELECT model, concept, max(z) AS best_z
+    SELECT model, concept, max(z) FILTER (WHERE isfinite(z)) AS best_z
     FROM ablations WHERE mode = 'cumulative' GROUP BY ALL
 )
 SELECT s.*, coalesce(v.n_validated, 0) AS n_validated, a.best_z,

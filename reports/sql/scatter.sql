@@ -2,12 +2,12 @@
 -- samples of the other significant ones ($keep_sig) and of the rest ($keep).
 WITH val AS (
     SELECT DISTINCT layer, neuron FROM ablations
-    WHERE model = $model AND concept = $concept AND mode = 'single' AND z >= $z_min
+    WHERE model = $model AND concept = $concept AND mode = 'single' AND coalesce(validated, false)
 )
 SELECT coalesce(lb.label, '') AS label, 'L' || s.layer || '.N' || s.neuron AS name, s.layer, s.neuron,
        round(s.selectivity, 4) AS selectivity, round(s.consistency, 4) AS consistency,
        round(s.importance_pct, 4) AS importance_pct, round(s.score, 4) AS score, s.q_value,
-       CASE WHEN val.layer IS NOT NULL THEN 'validated (z ≥ 3)'
+       CASE WHEN val.layer IS NOT NULL THEN 'validated by ablation'
             WHEN (s.significant AND NOT s.lexical) THEN 'significant (q < 0.05)'
             ELSE 'neither' END AS status
 FROM scores s

@@ -4,40 +4,41 @@ For the top-k neurons of a model × concept (by `rank` in the scores table) and 
 method (`zero`, `mean`, `range`), the pipeline measures on the **test** split:
 
 * ``single``: each top neuron alone, compared with ``n_random`` random single neurons
-  of the same layer;
+  of its group (same layer, same magnitude band: `controls`);
 * ``cumulative``: the top-1..j neurons together at the control sizes j
   (`control_sizes`: 1, 2, 5, 10 and k itself; the curve), each compared with
-  ``n_random`` random sets of j neurons with the same layer multiset;
+  ``n_random`` random sets of j neurons with the same multiset of groups;
 * ``random``: the control sets themselves, one row each.
 
-The random sets are nested: draw r is a random ordering whose i-th neuron comes from
-the layer of the i-th top neuron, and its first j neurons are the size-j control. So
-every control size has ``n_random`` exchangeable controls with exactly the top set's
-layers, and no top-k neuron is ever in a control. The same random sets serve every
-method, so methods differ only in what is written.
-
-What repeats is measured once: cumulative k = 1 is the single top-1, the size-1
-controls of the first top neuron's layer are its single controls, and every distinct
-set goes through `ablate_sets` once per method (which shares each batch's clean prefix
-between all sets). Only ``zero`` runs by default; ``mean`` and ``range`` on request.
-What buys nothing is not run: a control's drop is all its z needs, so controls run on
-the concept test examples alone, and the top sets on every test example.
+The random sets are nested (`controls.random_controls`) and serve every method, so
+methods differ only in what is written. What repeats is measured once: cumulative k = 1
+is the single top-1, the size-1 controls of the first top neuron's group are its single
+controls, and every distinct set goes through `ablate_sets` once per method. Only
+``zero`` runs by default; ``mean`` and ``range`` on request. A control's drop is all its
+p needs, so controls run on the concept test examples alone, the top sets on every test
+example.
 
 ``drop`` = (base − ablated)/base of the mean confidence over concept test examples;
-``off_target_drop`` the same over non-concept test examples (null on control rows); ``z`` = (drop −
-mean random drop)/std random drop (ddof = 1) over the controls of the same size (and
-layer, for single rows). Random rows carry a leave-one-out z against the other
-controls of their size, which shows how often chance alone looks significant.
+``off_target_drop`` the same over non-concept test examples (null on control rows);
+``p_value`` the empirical p of the drop among its controls, ``q_value`` BH over the
+tested sets, ``specificity`` and ``validated`` as `verdict` defines them (the one
+definition). ``z`` = (drop − mean random drop)/std random drop (ddof = 1) is for display
+only. Random rows carry a leave-one-out p and z against the other controls of their
+size, which shows how chance alone looks.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 
+from neurolens.engine.causal.ablation.controls import (Group, bands, group_of, magnitudes,
+                                                        random_controls)
 from neurolens.engine.causal.ablation.executor import (METHODS, Neuron, ablate_sets, base_confidence,
-                                           relative_drop)
+                                                        relative_drop)
+from neurolens.engine.causal.ablation.verdict import empirical_p, qvalues, specificity, validated
 from neurolens.engine.models.adapters.base import Adapter
 from neurolens.engine.models.naming import neuron_id
 from neurolens.engine.runtime.progress import stage as progress_stage
@@ -45,9 +46,12 @@ from neurolens.probes.types import Example, ProbeSet
 from neurolens.store import SCHEMAS, Store, read_layer, read_table
 from neurolens.store.top import top_order
 
-ABLATE_VERSION = 3
+ABLATE_VERSION = 4
 MODES = ("single", "cumulative", "random")
-N_RANDOM = 20
+#: controls per tested set: p = (1 + #{controls >= drop}) / (N + 1) resolves 0.01, which passes
+#: BH at ALPHA = 0.05 over a top-10's 13 tested sets whenever at least 3 of them beat every
+#: control (a lone set would need N >= 259, 2.6x the controls' cost; docs/ablation.md)
+N_RANDOM = 99
 CONTROL_SIZES = (1, 2, 5, 10)
 DEFAULT_METHODS = ("zero",)
 
@@ -112,7 +116,7 @@ def parse_methods(spec: str | Sequence[str] | None) -> tuple[str, ...]:
 
 
 def distinct_sets(top: Sequence[Neuron], draws: Sequence[Sequence[Neuron]],
-                  singles: dict[int, list[Neuron]], sizes: Sequence[int]) -> list[list[Neuron]]:
+                  singles: Mapping[Group, list[Neuron]], sizes: Sequence[int]) -> list[list[Neuron]]:
     """Every set the rows need, each once: top singles, top prefixes, the controls'
     prefixes at the control sizes, and the single controls of every layer."""
     uniq: dict[tuple, list[Neuron]] = {}
@@ -143,43 +147,6 @@ def split_sets(top: Sequence[Neuron], sets: Sequence[Sequence[Neuron]]
     return own, ctrl
 
 
-def random_controls(top: Sequence[Neuron], n_neurons: Callable[[int], int], n_random: int, seed: int
-                    ) -> tuple[list[list[Neuron]], dict[int, list[Neuron]]]:
-    """(nested draws, {layer: random single neurons}).
-
-    Draw r is a list of len(top) neurons, the i-th from the layer of top[i], without
-    repetition and never a top neuron; its prefixes are the controls of every size.
-    Singles of the first top neuron's layer are the draws' first elements."""
-    rng = np.random.default_rng(seed)
-    taken: dict[int, set[int]] = {}
-    for l, n in top:
-        taken.setdefault(l, set()).add(n)
-    pools = {l: np.setdiff1d(np.arange(n_neurons(l)), sorted(t)) for l, t in taken.items()}
-    need = {l: sum(1 for x, _ in top if x == l) for l in taken}
-    for l, p in pools.items():
-        if len(p) < need[l]:
-            raise ValueError(f"layer {l} has too few neurons outside the top set for random controls")
-    # the draws' first neurons are distinct: they are also the single controls of that layer
-    l0 = top[0][0] if top else None
-    firsts = rng.choice(pools[l0], size=min(n_random, len(pools[l0])), replace=False) if top else []
-    draws = []
-    for r in range(n_random):
-        perm = {l: rng.permutation(p) for l, p in pools.items()}
-        if top and r < len(firsts):
-            rest = perm[l0][perm[l0] != firsts[r]]
-            perm[l0] = np.concatenate([[firsts[r]], rest])
-        it = {l: iter(p) for l, p in perm.items()}
-        draws.append([(l, int(next(it[l]))) for l, _ in top])
-    singles: dict[int, list[Neuron]] = {}
-    if top:
-        singles[l0] = list(dict.fromkeys(d[0] for d in draws))
-    for l in sorted(pools):
-        if l not in singles:
-            pick = rng.choice(pools[l], size=min(n_random, len(pools[l])), replace=False)
-            singles[l] = [(l, int(n)) for n in pick]
-    return draws, singles
-
-
 def zscore(drop: float, null: np.ndarray) -> tuple[float, float, float]:
     """(mean, std, z) of `drop` against the control drops (ddof = 1)."""
     null = np.asarray(null, dtype=float)
@@ -195,43 +162,60 @@ def zscore(drop: float, null: np.ndarray) -> tuple[float, float, float]:
 
 
 def ablation_rows(method: str, metric: str, top: Sequence[Neuron], draws: Sequence[Sequence[Neuron]],
-                  singles: dict[int, list[Neuron]], drops: dict[tuple, tuple[float, float, float, float]],
-                  n_examples: int, sizes: Sequence[int] | None = None) -> list[dict]:
+                  singles: dict[Group, list[Neuron]], drops: dict[tuple, tuple[float, float, float, float]],
+                  n_examples: int, sizes: Sequence[int] | None = None,
+                  band: Mapping[int, np.ndarray] | None = None) -> list[dict]:
     """Rows of the ablations table for one method. `drops[set key]` =
     (base_conf, ablated_conf, drop, off_target_drop) measured for that set; random
-    controls (and z) at `sizes` (default: every size)."""
+    controls (z, p) at `sizes` (default: every size). `band` gives each neuron's magnitude
+    band (default: one band per layer). The tested rows (single, cumulative) get their
+    q-value over the distinct tested sets, their specificity and the verdict."""
     sizes = set(range(1, len(top) + 1) if sizes is None else sizes)
-    key = lambda s: tuple(sorted(s))  # noqa: E731
+    band = band if band is not None else {l: defaultdict(int) for l, _ in top}
     rows = []
 
-    def row(mode, s, k, layer, neuron, null=None, loo=False):
-        base, abl, drop, off = drops[key(s)]
-        mu = sd = z = None
-        if null is not None:
-            mu, sd, z = zscore(drop, null)
+    def row(mode, s, k, layer, neuron, null):
+        base, abl, drop, off = drops[_key(s)]
+        mu, sd, z = zscore(drop, null)
         rows.append(dict(method=method, mode=mode, k=k, layer=layer, neuron=neuron, metric=metric,
                          base_conf=base, ablated_conf=abl, drop=drop, random_drop_mean=mu,
                          random_drop_std=sd, z=z, off_target_drop=off, n_examples=n_examples,
-                         neurons=[neuron_id(l, n) for l, n in s]))
+                         neurons=[neuron_id(l, n) for l, n in s], band=int(band[layer][neuron]),
+                         n_controls=int(len(null)), p_value=empirical_p(drop, null),
+                         q_value=None, specificity=None, validated=False))
 
-    single_null = {l: np.array([drops[key([x])][2] for x in xs]) for l, xs in singles.items()}
-    for l, n in top:
-        row("single", [(l, n)], 1, l, n, single_null[l])
+    single_null = {g: np.array([drops[_key([x])][2] for x in xs]) for g, xs in singles.items()}
+    for x in top:
+        row("single", [x], 1, x[0], x[1], single_null[group_of(band, x)])
     for j in sorted(sizes):
         l, n = top[j - 1]
-        null = np.array([drops[key(d[:j])][2] for d in draws])
+        null = np.array([drops[_key(d[:j])][2] for d in draws])
         row("cumulative", list(top[:j]), j, l, n, null)
         for r, d in enumerate(draws):
-            others = np.delete(null, r)
             dl, dn = d[j - 1]
-            row("random", list(d[:j]), j, dl, dn, others)
-    for l, xs in singles.items():
-        if l == top[0][0]:
+            row("random", list(d[:j]), j, dl, dn, np.delete(null, r))
+    g0 = group_of(band, top[0])
+    for g, xs in singles.items():
+        if g == g0:
             continue            # already rows: the size-1 prefixes above
-        others_all = single_null[l]
         for r, (xl, xn) in enumerate(xs):
-            row("random", [(xl, xn)], 1, xl, xn, np.delete(others_all, r))
+            row("random", [(xl, xn)], 1, xl, xn, np.delete(single_null[g], r))
+    _verdicts([r for r in rows if r["mode"] != "random"])
     return rows
+
+
+def _verdicts(tested: list[dict]) -> None:
+    """q-value (BH over the distinct tested sets: cumulative k = 1 is the top-1 single),
+    specificity and `validated`, in place."""
+    uniq: dict[tuple, float] = {}
+    for r in tested:
+        uniq.setdefault(tuple(sorted(r["neurons"])), r["p_value"])
+    q = dict(zip(uniq, qvalues(np.array(list(uniq.values()), dtype=float))))
+    for r in tested:
+        r["q_value"] = float(q[tuple(sorted(r["neurons"]))])
+        r["specificity"] = float(specificity(r["drop"], np.nan if r["off_target_drop"] is None
+                                             else r["off_target_drop"]))
+        r["validated"] = bool(validated(r["q_value"], r["specificity"]))
 
 
 def run_ablations(adapter: Adapter, probes: ProbeSet, store: Store, *, top_k: int = 10, seed: int = 0,
@@ -254,10 +238,11 @@ def run_ablations(adapter: Adapter, probes: ProbeSet, store: Store, *, top_k: in
         return table
     test = ablation_examples(probes)
     pos = np.array([e.label == 1 for e in test])
-    draws, singles = random_controls(top, adapter.n_neurons, n_random, seed)
+    layers = sorted({l for l, _ in top})
+    band = bands(magnitudes(store, adapter.name, probes, layers), n_random)
+    draws, singles = random_controls(top, band, n_random, seed)
     csizes = control_sizes(len(top), sizes)
     sets = distinct_sets(top, draws, singles, csizes)
-    layers = sorted({l for l, _ in top})
     values = ranges = None
     if any(m in ("mean", "range") for m in methods):
         values, ranges = neuron_stats(store, adapter.name, probes, layers, scores)
@@ -285,7 +270,7 @@ def run_ablations(adapter: Adapter, probes: ProbeSet, store: Store, *, top_k: in
             for i, s in enumerate(ctrl):
                 drops[_key(s)] = (b_on, float(abl[i].mean()), float(on[i]), None)
             rows += ablation_rows(method, conf.metric, top, draws, singles, drops, int(pos.sum()),
-                                  csizes)
+                                  csizes, band)
     for r in rows:
         r["run_id"] = run_id
     table = pa.Table.from_pylist(rows, schema=schema)
