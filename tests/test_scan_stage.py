@@ -72,6 +72,7 @@ run_scan(a, ex, Store({store!r}), layers=[1, 2], settings=S, n_shards=4, on_shar
 """
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_gives_identical_tables(planted_factory, tmp_path):
     pm = planted_factory("gpt2")
     killed = tmp_path / "killed"
