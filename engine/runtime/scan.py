@@ -302,7 +302,7 @@ def top_table(st: ScanState, ex: Excerpts, layer: int, adapter: Adapter, run_id:
 
 
 def stats_table(st: ScanState, layer: int, run_id: str) -> pa.Table:
-    n, nb = st.n_neurons, st.n_bins
+    n = st.n_neurons
     hist = st.hist.cpu().numpy()
     cdf = np.cumsum(hist, 1) / max(st.n_tokens, 1)
     edges = st.edges().cpu().numpy()                                   # [N, B+1]
