@@ -170,6 +170,7 @@ def render_report(store_root: str | Path, model: str, concept: str, out_dir: str
 
     # -- passport cards -----------------------------------------------------------------
     cards = _cards(con, c, model, concept, entry, top, singles, notes)
+    _link_neuron_pages(con, store_root, out_dir, model, cards)
 
     # -- the finding ------------------------------------------------------------------
     best = top[0] if top else None
@@ -189,6 +190,25 @@ def render_report(store_root: str | Path, model: str, concept: str, out_dir: str
         generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     )
     return render_page("report.html.j2", out_dir / report_name(model, concept), c, **ctx)
+
+
+def _link_neuron_pages(con, store_root: str | Path, out_dir: Path, model: str, cards: list[dict]) -> None:
+    """Cards of scanned neurons link to their corpus pages (rendered now, beside the report)."""
+    from .neuron import page_path, render_neuron
+
+    for card in cards:
+        card["page"] = None
+    scanned = query(con, "scanned_layers", model=model) if has_rows(con, "neuron_stats", model=model) else None
+    if scanned is None or not scanned.height:
+        return
+    first: dict[int, str] = {}
+    for r in scanned.iter_rows(named=True):
+        first.setdefault(int(r["layer"]), r["corpus"])
+    for card in cards:
+        corpus = first.get(int(card["layer"]))
+        if corpus is not None:
+            render_neuron(Path(store_root), out_dir, model, corpus, int(card["layer"]), int(card["neuron"]))
+            card["page"] = page_path(Path("."), model, corpus, int(card["layer"]), int(card["neuron"])).as_posix()
 
 
 def _finding(con, p: dict, run: dict | None, n_scored: int, ablated: bool) -> dict:
