@@ -20,6 +20,11 @@ $(BIN)/neurolens: pyproject.toml constraints.txt
 	@touch $@
 
 install: $(BIN)/neurolens
+	@# the default scan corpus (WordNet 3.0 glosses) where apt-get exists and we may use it
+	@if [ -d /usr/share/wordnet ]; then :; elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq wordnet-base >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wordnet-base >/dev/null)) \
+	  || echo "wordnet-base could not be installed: neurolens scan needs --corpus FILE"; \
+	else echo "note: neurolens scan's default corpus needs WordNet 3.0 (Debian/Ubuntu: apt-get install wordnet-base); or pass --corpus FILE"; fi
 
 test: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests

@@ -49,6 +49,12 @@ def headline(name: str, r: dict) -> str:
             if r.get("skipped"):
                 parts.append(f"peer skipped: {r.get('skip_reason')}")
             return "; ".join(parts)
+        if name == "scan":
+            q = r["ratios"]
+            f = lambda x: "–" if x is None else f"{x:.2f}x"  # noqa: E731
+            return (f"scan {f(q['scan_vs_bare'])} bare forward, {f(q['scan_vs_peer'])} TransformerLens running "
+                    f"top-k; peak memory {f(q['peak_delta_big_vs_small'])} from {r['sizes']['tokens']:,} to "
+                    f"{r['sizes']['big_tokens']:,} tokens")
         if name == "scoring":
             return (f"{r['sizes']['neurons']:,} neurons in {r['contender']['median_s']:.3f} s; "
                     f"{r['ratio']:.0f}x per-neuron roc_auc_score")

@@ -223,6 +223,25 @@ def n_validated(ablations: pl.DataFrame) -> int:
     return v.select("layer", "neuron").unique().height
 
 
+# -- a neuron page --------------------------------------------------------------------------------
+@dataclass
+class NeuronPage:
+    """One scanned neuron's page on disk (`path`); shown inline in Jupyter."""
+
+    model: str
+    layer: int
+    neuron: int
+    path: Path
+
+    def _repr_html_(self) -> str:
+        doc = html.escape(self.path.read_text(encoding="utf-8"), quote=True)
+        return (f'<iframe srcdoc="{doc}" style="width:100%;height:720px;border:0" '
+                f'title="{html.escape(self.model)} L{self.layer}.N{self.neuron}"></iframe>')
+
+    def __repr__(self) -> str:
+        return f"NeuronPage({self.model!r}, L{self.layer}.N{self.neuron}, {str(self.path)!r})"
+
+
 # -- a model -------------------------------------------------------------------------------------
 class Model:
     """A loaded model; `find` runs concepts through it without loading it again."""
@@ -251,6 +270,27 @@ class Model:
                         ablate_methods=_methods(ablate_methods), top_k=top_k, importance=importance,
                         report=report, out=str(out_dir(out)))
         return run_config(cfg, adapter=self.adapter, probes=probes, progress=progress)
+
+    def scan(self, corpus: str | PathLike = "wordnet", *, tokens: int | None = None,
+             layers: Sequence[int] | None = None, out: PathLike | None = None, k: int = 20,
+             length: int = 64, batch_size: int = 16, words: Sequence[str] = (),
+             progress: bool | None = None) -> Any:
+        """Scan every neuron of `layers` (default all) over a corpus (`wordnet`, a file or a
+        folder): top excerpts, interval samples, histograms, logit effects and the corpus evidence
+        of the concepts the store has ranked. Resumes where a killed scan stopped."""
+        from neurolens.scans import scan
+
+        return scan(self.adapter, os.fspath(corpus), tokens=tokens, layers=list(layers) if layers else None,
+                    out=None if out is None else str(out_dir(out)), k=k, length=length,
+                    batch_size=batch_size, words=list(words), progress=progress)
+
+    def neuron(self, layer: int, neuron: int, *, corpus: str | None = None,
+               out: PathLike | None = None) -> NeuronPage:
+        """The page of one scanned neuron (ranked or not); renders inline in Jupyter."""
+        from neurolens.scans import neuron_page
+
+        return NeuronPage(self.name, layer, neuron, neuron_page(self.name, layer, neuron, corpus=corpus,
+                                                                 out=None if out is None else str(out)))
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, {self.kind}, {self.n_layers} layers, {self.device}, {self.dtype})"
@@ -293,4 +333,4 @@ def run_config(cfg: Any, *, adapter: Any = None, probes: ProbeSet | None = None,
                    list(res.skipped), dict(res.seconds), res.note, res.baseline)
 
 
-__all__ = ["Finding", "Model", "Probes", "Store", "as_probes", "find", "load", "run_config"]
+__all__ = ["Finding", "Model", "NeuronPage", "Probes", "Store", "as_probes", "find", "load", "run_config"]

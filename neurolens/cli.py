@@ -6,7 +6,7 @@ import importlib
 import os
 import sys
 
-COMMANDS = ("run", "sweep", "query", "report", "models", "concepts", "selfcheck")
+COMMANDS = ("run", "sweep", "scan", "neuron", "query", "report", "models", "concepts", "selfcheck")
 
 
 class Parser(argparse.ArgumentParser):

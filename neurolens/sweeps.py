@@ -104,6 +104,31 @@ def run_pairs(models: Sequence[str], concepts: Sequence[str], modality_of: dict[
             del adapter
 
 
+def scan_models(models: Sequence[str], bars: Any, done: list[Outcome], *, corpus: str = "wordnet",
+                tokens: int | None = None, layers: Sequence[int] | None = None, dtype: str = "float32",
+                device: str | None = None, out: PathLike | None = None) -> None:
+    """`--scan`: each model over the corpus (resumable like the pairs), after its pairs, so the
+    corpus evidence covers every concept ranked for it. Failures are recorded, not raised."""
+    from neurolens.engine.models import registry
+    from neurolens.scans import scan
+
+    for m in models:
+        try:
+            adapter = registry.load(m, device=device, dtype=dtype)
+            if adapter.modality != "text":
+                done.append(Outcome(adapter.name, f"scan:{corpus}", "skipped", "a vision model: scans read text"))
+                continue
+            r = scan(adapter, corpus, tokens=tokens, layers=list(layers) if layers else None,
+                     out=None if out is None else str(out), bars=bars)
+            done.append(Outcome(r.model, f"scan:{r.corpus}", "ran" if r.scanned else "skipped",
+                                f"{r.tokens:,} tokens, {len(r.scanned)} layers scanned now; evidence for "
+                                f"{', '.join(r.evidence) or 'no ranked concept'}"))
+        except StoreError:
+            raise
+        except NeuroLensError as e:
+            done.append(Outcome(m, f"scan:{corpus}", "failed", first_line(e)))
+
+
 def _detail(f: Finding | None, k: int, ablated: bool) -> str:
     """A sweep row: significant top neurons, how many replicate on held-out groups (q_test),
     how many a single-neuron ablation validates (the stored verdict: Finding.top's `validated`),
@@ -176,10 +201,12 @@ def sweep(models: str | Iterable[str], concepts: str | Iterable[str] = "all", *,
           pooling: str = "mean", dtype: str = "float32", device: str | None = None, batch_size: int = 32,
           seed: int = 0, importance: bool = True, report: bool = True,
           ablate_methods: str | Sequence[str] = "zero", device_map: str | None = None,
-          max_memory: str | None = None, progress: bool | None = None) -> SweepResult:
+          max_memory: str | None = None, progress: bool | None = None, scan: bool = False,
+          corpus: str = "wordnet", scan_tokens: int | None = None) -> SweepResult:
     """Every model × concept pair ("all", a comma-separated string or a list of each), resumable:
     pairs already in the store are reused. Failures are recorded in the result, not raised
-    (except a StoreError, which stops the sweep)."""
+    (except a StoreError, which stops the sweep). With `scan`, each model is then scanned over
+    `corpus` (`scan_tokens` tokens) and the corpus evidence of its ranked concepts written."""
     from neurolens.pipeline import RunConfig
     from neurolens.progress import Bars
 
@@ -198,6 +225,9 @@ def sweep(models: str | Iterable[str], concepts: str | Iterable[str] = "all", *,
     with Bars(enabled=progress) as bars:
         run_pairs(ms, cs, modality_of, config_for, bars, done, dtype=dtype, device=device,
                   device_map=device_map, max_memory=max_memory, out=outdir, findings=findings)
+        if scan:
+            scan_models(ms, bars, done, corpus=corpus, tokens=scan_tokens, layers=layers, dtype=dtype,
+                        device=device, out=outdir)
     index = None
     if report and any(o.status != "failed" for o in done):
         from neurolens.reporting import render_set
@@ -209,4 +239,4 @@ def sweep(models: str | Iterable[str], concepts: str | Iterable[str] = "all", *,
     return SweepResult(done, findings, index)
 
 
-__all__ = ["Outcome", "SweepResult", "plan_sweep", "run_pairs", "sweep"]
+__all__ = ["Outcome", "SweepResult", "plan_sweep", "run_pairs", "scan_models", "sweep"]

@@ -105,6 +105,7 @@ def render_report(store_root: str | Path, model: str, concept: str, out_dir: str
     sankey = _sankey_section(con, p, head["have_labels"], notes)
     abl = _ablation_section(con, c, p, head["have_ablations"], notes)
     cards = _cards(con, c, model, concept, entry, head["top"], head.pop("singles"), notes)
+    _link_neuron_pages(con, store_root, out_dir, model, cards)
     top = head["top"]
     ctx = dict(
         kind="report", title=f"{concept} in {model}", model=model, concept=concept,
@@ -233,6 +234,25 @@ def _range_note(summary: list[dict]) -> str:
                      f"{'less' if abs(rg['off']) < abs(w['off']) else 'no less'} collateral damage "
                      f"(off-target {rg['off']:+.1%} vs {w['off']:+.1%})")
     return ("Range ablation: " + "; ".join(parts) + ".") if parts else ""
+
+
+def _link_neuron_pages(con, store_root: str | Path, out_dir: Path, model: str, cards: list[dict]) -> None:
+    """Cards of scanned neurons link to their corpus pages (rendered now, beside the report)."""
+    from .neuron import page_path, render_neuron
+
+    for card in cards:
+        card["page"] = None
+    scanned = query(con, "scanned_layers", model=model) if has_rows(con, "neuron_stats", model=model) else None
+    if scanned is None or not scanned.height:
+        return
+    first: dict[int, str] = {}
+    for r in scanned.iter_rows(named=True):
+        first.setdefault(int(r["layer"]), r["corpus"])
+    for card in cards:
+        corpus = first.get(int(card["layer"]))
+        if corpus is not None:
+            render_neuron(Path(store_root), out_dir, model, corpus, int(card["layer"]), int(card["neuron"]))
+            card["page"] = page_path(Path("."), model, corpus, int(card["layer"]), int(card["neuron"])).as_posix()
 
 
 def _finding(con, p: dict, run: dict | None, n_scored: int, ablated: bool) -> dict:

@@ -15,6 +15,10 @@ PARTITIONS: dict[str, tuple[str, ...]] = {
     "ablations": ("model", "concept"),
     "labels": ("model",),
     "top_examples": ("model", "concept"),
+    "corpus_top": ("model", "corpus", "layer"),
+    "neuron_stats": ("model", "corpus", "layer"),
+    "logit_effects": ("model",),
+    "corpus_evidence": ("model", "concept", "corpus"),
 }
 
 RUNS = pa.schema([
@@ -84,8 +88,43 @@ TOP_EXAMPLES = pa.schema([
     ("token_acts", pa.list_(pa.float32())), ("run_id", pa.string()),
 ])
 
+#: corpus scans (DESIGN "Corpus scans"): kind is top | bottom (gated MLPs, by the minimum) |
+#: interval (a hash-keyed sample of the excerpts whose maximum falls in histogram bin `bin`) |
+#: random (the same keys over every bin: a uniform sample of excerpts); `rank` orders rows of one
+#: kind; tokens/token_acts are the window around the maximum (token_acts for top/bottom only)
+CORPUS_TOP = pa.schema([
+    ("layer", pa.int32()), ("neuron", pa.int32()), ("kind", pa.string()), ("rank", pa.int32()),
+    ("bin", pa.int32()), ("excerpt_id", pa.int64()), ("position", pa.int32()),
+    ("activation", pa.float32()), ("window_start", pa.int32()), ("tokens", pa.list_(pa.string())),
+    ("token_acts", pa.list_(pa.float32())), ("word", pa.string()), ("category", pa.string()),
+    ("run_id", pa.string()),
+])
+
+#: hist / hist_max: counts of tokens / of excerpt maxima per bin, bin 0 below hist_lo, the last
+#: above hist_lo + (len - 2) * hist_width; quantiles: the upper edge of the bin where the token
+#: count reaches 0.5, 0.9, 0.99, 0.999; gate_up_signs: (g<=0,u<=0), (g<=0,u>0), (g>0,u<=0), (g>0,u>0)
+NEURON_STATS = pa.schema([
+    ("layer", pa.int32()), ("neuron", pa.int32()), ("n_tokens", pa.int64()), ("n_excerpts", pa.int64()),
+    ("mean", pa.float64()), ("std", pa.float64()), ("frac_active", pa.float64()),
+    ("hist_lo", pa.float32()), ("hist_width", pa.float32()), ("hist", pa.list_(pa.int64())),
+    ("hist_max", pa.list_(pa.int64())), ("quantiles", pa.list_(pa.float32())),
+    ("gate_up_signs", pa.list_(pa.int64())), ("run_id", pa.string()),
+])
+
+LOGIT_EFFECTS = pa.schema([
+    ("layer", pa.int32()), ("neuron", pa.int32()), ("rank", pa.int32()), ("token_id", pa.int64()),
+    ("token", pa.string()), ("effect", pa.float32()), ("run_id", pa.string()),
+])
+
+CORPUS_EVIDENCE = pa.schema([
+    ("layer", pa.int32()), ("neuron", pa.int32()), ("rank", pa.int32()), ("corpus_precision", pa.float64()),
+    ("base_precision", pa.float64()), ("range_precision", pa.float64()), ("range_tokens", pa.int64()),
+    ("n_categories", pa.int32()), ("categories", pa.list_(pa.string())), ("run_id", pa.string()),
+])
+
 SCHEMAS: dict[str, pa.Schema] = {
     "runs": RUNS, "examples": EXAMPLES, "scores": SCORES, "ablations": ABLATIONS,
-    "labels": LABELS, "top_examples": TOP_EXAMPLES,
+    "labels": LABELS, "top_examples": TOP_EXAMPLES, "corpus_top": CORPUS_TOP,
+    "neuron_stats": NEURON_STATS, "logit_effects": LOGIT_EFFECTS, "corpus_evidence": CORPUS_EVIDENCE,
 }
 TABLES = tuple(PARTITIONS)

@@ -38,6 +38,11 @@ def add_parser(sub) -> None:
     p.add_argument("--concepts", default="all",
                    help="all, or a comma-separated list of built-in concepts (default all)")
     add_common(p)
+    p.add_argument("--scan", action="store_true",
+                   help="then scan each model over a corpus (see `neurolens scan`) and write the corpus "
+                        "evidence of its ranked concepts")
+    p.add_argument("--corpus", default="wordnet", help="the corpus of --scan (default wordnet)")
+    p.add_argument("--scan-tokens", type=int, default=None, metavar="N", help="tokens of --scan (default all)")
 
 
 def plan(args: argparse.Namespace) -> tuple[list[str], list[str], dict[str, str]]:
@@ -57,6 +62,11 @@ def sweep(args: argparse.Namespace, bars, done: list[Outcome]) -> None:
     run_pairs(models, wanted, concepts, lambda m, c: config(args, m, c), bars, done,
               dtype=args.dtype, device=args.device, device_map=args.device_map,
               max_memory=args.max_memory, out=args.out)
+    if getattr(args, "scan", False):
+        from neurolens.sweeps import scan_models
+
+        scan_models(models, bars, done, corpus=args.corpus, tokens=args.scan_tokens, layers=args.layers,
+                    dtype=args.dtype, device=args.device, out=args.out)
 
 
 def summary_table(outcomes: list[Outcome]):

@@ -129,6 +129,11 @@ class Adapter(ABC):
         mod, side = self.neuron_site(layer)
         return mod if side == "input" else None
 
+    def gate_up(self, layer: int) -> tuple[nn.Module, nn.Module] | None:
+        """Gated MLPs: the modules whose outputs are the neuron's gate (before its activation)
+        and up factors, so a scan can count their sign combinations; None elsewhere."""
+        return None
+
     def check_layers(self, layers: Sequence[int] | None) -> list[int]:
         if not layers:
             return list(range(self.n_layers))

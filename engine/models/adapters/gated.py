@@ -42,6 +42,12 @@ class GatedDecoderAdapter(TextAdapter):
     def neuron_site(self, layer: int) -> tuple[nn.Module, Side]:
         return self.neuron_module(layer), "input"
 
+    def gate_up(self, layer: int) -> tuple[nn.Module, nn.Module] | None:
+        mlp = self.base().layers[layer].mlp
+        if hasattr(mlp, "gate_proj") and hasattr(mlp, "up_proj"):
+            return mlp.gate_proj, mlp.up_proj
+        return None     # Phi-3's fused gate_up_proj: no sign counts
+
     def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The LM head, with the family's own output scaling (Granite divides the
         logits, Gemma 2/3 soft-cap them), so probabilities are the model's own."""

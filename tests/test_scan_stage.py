@@ -1,0 +1,153 @@
+"""The scan stage through the store: ground truth on planted models, kill -9 then rerun gives
+identical tables, and every bad input is one line and exit 2 with nothing stored lost."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from neurolens.cli import main
+from neurolens.engine.labels.evidence import run_sql
+from neurolens.engine.models import registry
+from neurolens.engine.runtime.scan import ScanSettings, run_scan
+from neurolens.probes.corpora import cut
+from neurolens.store import Store
+from tests.test_scan import mixed_corpus
+
+ROOT = Path(__file__).resolve().parent.parent
+S = ScanSettings(k=8, window=6, samples=2, bins=8, batch_size=8, calibration=8)
+
+
+def _tables(store: Store, model: str, corpus: str, layers) -> dict:
+    out = {}
+    for t in ("corpus_top", "neuron_stats"):
+        for l in layers:
+            d = store.partition_dir(t, {"model": model, "corpus": corpus, "layer": l})
+            files = sorted(d.glob("*.parquet"))
+            assert len(files) == 1
+            out[t, l] = pq.read_table(files[0], partitioning=None)
+    return out
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_planted_neurons_peak_on_royalty_words(planted_factory, family, tmp_path):
+    from neurolens.engine.planted.text import ROYALTY
+
+    pm = planted_factory(family)
+    adapter = registry.load(str(pm.path), device="cpu")
+    ex = cut(mixed_corpus(120), adapter.processor, length=16)
+    store = Store(tmp_path / "store")
+    layers = sorted({l for l, _ in pm.planted} | {l for l, _ in pm.meta.get("decoys", [])})
+    run_scan(adapter, ex, store, layers=layers, settings=S)
+    prec = run_sql(store, "corpus_precision", model=adapter.name, corpus="mixed", words=list(ROYALTY))
+    p = {(r["layer"], r["neuron"]): r["corpus_precision"] for r in prec.to_dicts()}
+    assert len(p) == sum(adapter.n_neurons(l) for l in layers)
+    for ln in pm.planted:
+        assert p[tuple(ln)] == 1.0, ln
+    for ln in pm.meta.get("decoys", []):
+        assert p[tuple(ln)] < 0.5, ln           # its gate fires on royalty, the product does not
+    base = sum(p.values()) / len(p)
+    assert base < 0.3                            # random neurons of those layers: far below
+
+
+KILLER = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from neurolens.engine.models import registry
+from neurolens.engine.runtime.scan import ScanSettings, run_scan
+from neurolens.probes.corpora import cut
+from neurolens.store import Store
+from tests.test_scan import mixed_corpus
+from tests.test_scan_stage import S
+a = registry.load({path!r}, device="cpu")
+ex = cut(mixed_corpus(120), a.processor, length=16)
+def die(i):
+    if i == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+run_scan(a, ex, Store({store!r}), layers=[1, 2], settings=S, n_shards=4, on_shard=die)
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_gives_identical_tables(planted_factory, tmp_path):
+    pm = planted_factory("gpt2")
+    killed = tmp_path / "killed"
+    code = KILLER.format(root=str(ROOT), path=str(pm.path), store=str(killed))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == -9, r.stderr[-2000:]
+    work = list((killed / "_scans").rglob("shard-*.pt"))
+    assert len(work) == 2                      # shards 0 and 1 saved before the kill
+    assert not (killed / "corpus_top").exists()
+    adapter = registry.load(str(pm.path), device="cpu")
+    ex = cut(mixed_corpus(120), adapter.processor, length=16)
+    got = run_scan(adapter, ex, Store(killed), layers=[1, 2], settings=S, n_shards=4)
+    assert got["tokens"] < ex.n_tokens         # the saved shards were not scanned again
+    run_scan(adapter, ex, Store(tmp_path / "clean"), layers=[1, 2], settings=S, n_shards=4)
+    a = _tables(Store(killed), adapter.name, "mixed", [1, 2])
+    b = _tables(Store(tmp_path / "clean"), adapter.name, "mixed", [1, 2])
+    for key in a:
+        assert a[key].equals(b[key]), key
+    assert not list((killed / "_scans").rglob("shard-*.pt"))   # work files gone once published
+    # a single-shard scan publishes the same tables too (the merge is exact)
+    run_scan(adapter, ex, Store(tmp_path / "one"), layers=[1, 2], settings=S, n_shards=1)
+    c = _tables(Store(tmp_path / "one"), adapter.name, "mixed", [1, 2])
+    for key in a:
+        for col in a[key].column_names:
+            if col in ("mean", "std"):
+                continue                        # float64 moments: merged in another order
+            assert a[key].column(col).equals(c[key].column(col)), (key, col)
+
+
+def _err(capsys, argv):
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    return rc, err
+
+
+def test_bad_input_is_one_line_and_keeps_what_is_stored(planted_factory, tmp_path, capsys):
+    pm = planted_factory("gpt2")
+    out = str(tmp_path / "out")
+    good = tmp_path / "good.txt"
+    good.write_text("\n".join(mixed_corpus(80).texts))
+    base = ["scan", "--model", str(pm.path), "--out", out, "--quiet", "--length", "16", "--top-k", "5",
+            "--layers", "1"]
+    assert main(base + ["--corpus", str(good)]) == 0
+    capsys.readouterr()
+    marker = tmp_path / "out" / "store" / "corpus_top" / f"model={pm.path.name}" / "corpus=good" / "layer=1" \
+        / "_partition.json"
+    before = marker.read_text()
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    notext = tmp_path / "notext.jsonl"
+    notext.write_text(json.dumps({"body": "the king"}) + "\n")
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"body": ["the king"]}), tmp_path / "notext.parquet")
+    short = tmp_path / "short.txt"
+    short.write_text("the king sat\n")
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\xfe\xfa not utf-8")
+    cases = [
+        (base + ["--corpus", str(empty)], "empty"),
+        (base + ["--corpus", str(notext)], "'text'"),
+        (base + ["--corpus", str(tmp_path / "notext.parquet")], "'text'"),
+        (base + ["--corpus", str(short)], "fewer than k"),
+        (base + ["--corpus", str(bad)], "UTF-8"),
+        (base + ["--corpus", str(tmp_path / "missing.txt")], "not found"),
+        (["neuron", "--model", str(pm.path), "L1.N99999", "--out", out], "out of range"),
+        (["neuron", "--model", str(pm.path), "L3.N0", "--out", out], "has not been scanned"),
+        (["neuron", "--model", str(pm.path), "L1.N0", "--corpus", "other", "--out", out], "no scan"),
+        (["neuron", "--model", "gpt2", "L1.N0", "--out", out], "has not been scanned"),
+        (["neuron", "--model", str(pm.path), "layer1", "--out", out], "L13.N891"),
+    ]
+    for argv, words in cases:
+        rc, err = _err(capsys, argv)
+        assert rc == 2, (argv, err)
+        assert len(err.splitlines()) == 1 and words in err, (argv, err)
+    assert marker.read_text() == before
+    rc, _ = _err(capsys, ["neuron", "--model", str(pm.path), "L1.N31", "--out", out])
+    assert rc == 0
