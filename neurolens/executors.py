@@ -53,7 +53,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         _reachable(address)
         kw["address"] = address
     else:
-        kw["num_cpus"] = num_cpus or os.cpu_count()
+        kw.update(num_cpus=num_cpus or os.cpu_count(), _node_ip_address="127.0.0.1")  # a local cluster: loopback only
     try:
         ray.init(**kw)
     except (ConnectionError, RuntimeError, ValueError) as e:
@@ -118,9 +118,13 @@ def run_pairs_ray(models: Sequence[str], concepts: Sequence[str], modality_of: d
 
     init_ray(address)
     gpu = 1 if (device or "").startswith("cuda") else 0
-    Worker = _worker_class().options(num_gpus=gpu, num_cpus=1 if not gpu else 0)
-    load = {"device": device, "dtype": dtype, "device_map": device_map, "max_memory": max_memory}
     threads = torch.get_num_threads()
+    # the driver's thread count, so a worker's fp32 reductions run in the same order as in-process
+    env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARD)}
+    env.update({v: str(threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")})
+    Worker = _worker_class().options(num_gpus=gpu, num_cpus=1 if not gpu else 0,
+                                     runtime_env={"env_vars": env})
+    load = {"device": device, "dtype": dtype, "device_map": device_map, "max_memory": max_memory}
     with bars.stage("sweep", len(models) * len(concepts)) as overall:
         actors = {m: Worker.remote(m, load, threads) for m in models}
         per_model: dict[str, list] = {}

@@ -138,11 +138,11 @@ class DeltaStore(Store):
     def _fail(self, e: BaseException, what: str) -> StoreError:
         msg = first_line(e)
         low = str(e).lower()
-        if "403" in low or "forbidden" in low or "privileges" in low or "signature" in low \
-                or "access denied" in low or "accessdenied" in low or "invalidaccesskeyid" in low:
+        if any(w in low for w in ("403", "forbidden", "privileges", "signature", "access denied",
+                                  "access_denied", "accessdenied", "invalidaccesskeyid")):
             why = "access denied (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
-        elif "nosuchbucket" in low or "bucket" in low and ("not found" in low or "does not exist" in low
-                                                            or "404" in low):
+        elif "nosuchbucket" in low or "bucket" in low and any(
+                w in low for w in ("not found", "not exist", "404")):
             why = f"bucket {self.bucket!r} does not exist"
         elif "connect" in low or "timed out" in low or "timeout" in low or "dns" in low or "resolve" in low:
             why = f"cannot reach the endpoint {os.environ.get('AWS_ENDPOINT_URL', '(AWS default)')}"
@@ -169,10 +169,9 @@ class DeltaStore(Store):
             raise StoreError(f"cannot open the store at {self.uri}: bucket {self.bucket!r} does not exist")
 
     def exists(self) -> bool:
-        try:
-            return self._table("runs", create=False) is not None
-        except StoreError:
-            raise
+        if self.remote:
+            self._check_bucket()   # a wrong key, a dead endpoint or no bucket: say which, now
+        return self._table("runs", create=False) is not None
 
     def _table(self, table: str, *, create: bool = True, fresh: bool = False):
         """The table's DeltaTable (created on first write); None when absent and not created."""

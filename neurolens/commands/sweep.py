@@ -65,7 +65,8 @@ def sweep(args: argparse.Namespace, bars, done: list[Outcome]) -> None:
         from neurolens.errors import ConfigError
 
         raise ConfigError("--address is for --executor ray")
-    execute(executor, getattr(args, "address", None))(models, wanted, concepts, lambda m, c: config(args, m, c), bars, done,
+    run_pairs = execute(executor, getattr(args, "address", None))
+    run_pairs(models, wanted, concepts, lambda m, c: config(args, m, c), bars, done,
               dtype=args.dtype, device=args.device, device_map=args.device_map,
               max_memory=args.max_memory, out=args.out)
 
