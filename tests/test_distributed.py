@@ -68,7 +68,11 @@ def reference(planted, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("local") / "out")
     res = nl.sweep([planted], CONCEPTS, out=out, **KW)
     assert not res.failed, res.table
+    REFERENCE_OUT.append(out)
     return tables(out)
+
+
+REFERENCE_OUT: list[str] = []
 
 
 @pytest.mark.slow
@@ -133,6 +137,20 @@ def test_a_worker_killed_mid_pair_is_retried_and_the_tables_equal_an_undisturbed
     assert killed, "no worker was running a pair"
     assert not res.failed, res.table
     assert_same(tables(out), reference)
+
+
+@pytest.mark.slow
+def test_a_migrated_local_store_on_s3_answers_the_same_and_resumes(planted, reference, s3):
+    import neurolens as nl
+    from neurolens.store.migrate import migrate
+
+    out = f"s3://{BUCKET}/migrated"
+    assert migrate(f"{REFERENCE_OUT[0]}/store", f"{out}/store") > 0
+    got = tables(out)
+    for t in ORDER:   # the same files, so exactly the same rows
+        assert got[t].equals(reference[t]), t
+    again = nl.sweep([planted], CONCEPTS, out=out, **KW)
+    assert {o.status for o in again.outcomes} == {"skipped"}
 
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
