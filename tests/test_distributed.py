@@ -148,7 +148,8 @@ def test_a_migrated_local_store_on_s3_answers_the_same_and_resumes(planted, refe
     assert migrate(f"{REFERENCE_OUT[0]}/store", f"{out}/store") > 0
     got = tables(out)
     for t in ORDER:   # the same files, so exactly the same rows
-        assert got[t].equals(reference[t]), t
+        cols = sorted(reference[t].columns)
+        assert got[t].select(cols).equals(reference[t].select(cols)), t
     again = nl.sweep([planted], CONCEPTS, out=out, **KW)
     assert {o.status for o in again.outcomes} == {"skipped"}
 
