@@ -107,9 +107,9 @@ def run(cfg: RunConfig, *, adapter: Adapter | None = None, probes: ProbeSet | No
     store.ensure()
     if shard.main:
         store.clean_staging()  # what killed runs left; never a live run's
-        if str(store.root) not in _REAPED:   # and their rows, once per process (a sweep runs many)
+        if store.uri not in _REAPED:   # and their rows, once per process (a sweep runs many)
             store.reap_runs()
-            _REAPED.add(str(store.root))
+            _REAPED.add(store.uri)
     adapter = adapter or registry.load(cfg.model, device=cfg.device, dtype=cfg.dtype,
                                          device_map=cfg.device_map, max_memory=cfg.max_memory)
     # activations are keyed, stored and reused by the dtype the model really runs in
@@ -292,7 +292,7 @@ def _finish(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Store, ba
         from neurolens.reporting import render_report
 
         with bars.stage("report", 1) as tick:
-            res.report = render_report(store.root, adapter.name, probes.concept, reports_dir(cfg.out))
+            res.report = render_report(store.uri, adapter.name, probes.concept, reports_dir(cfg.out))
             tick(1)
     return res
 

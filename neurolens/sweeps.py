@@ -55,7 +55,6 @@ def run_pairs(models: Sequence[str], concepts: Sequence[str], modality_of: dict[
     """Run every model × concept pair, appending each outcome to `done` (kept when a StoreError
     stops it): a model that cannot load or a pair that fails is recorded and the rest go on."""
     from neurolens.engine.models import registry
-    from neurolens.probes import load_concept
 
     with bars.stage("sweep", len(models) * len(concepts)) as overall:
         for m in models:
@@ -75,29 +74,13 @@ def run_pairs(models: Sequence[str], concepts: Sequence[str], modality_of: dict[
                 overall(len(other))
             for c in todo:
                 try:
-                    cfg = config_for(m, c)
-                    cfg.report = False  # the report set is rendered once, at the end
-                    cfg.relabel = False  # and the model's labels once, after its concepts
-                    f = run_config(cfg, adapter=adapter, probes=load_concept(c), bars=bars)
-                    stages = {"extract", "score"} | ({"ablate"} if cfg.ablate else set())
-                    if f is not None and findings is not None:
-                        findings.append(f)
-                    if f is not None and stages <= set(f.skipped):
-                        done.append(Outcome(adapter.name, c, "skipped", "already in the store"))
-                    elif f is not None and f.note:
-                        done.append(Outcome(adapter.name, c, "ran", f.note))
-                    else:
-                        done.append(Outcome(adapter.name, c, "ran", _detail(f, cfg.top_k, cfg.ablate)))
+                    o, f = run_pair(adapter, c, config_for(m, c), bars)
                 except StoreError as e:  # the store itself is unusable (disk full): stop
                     done.append(Outcome(adapter.name, c, "failed", first_line(e)))
                     raise
-                except NeuroLensError as e:
-                    done.append(Outcome(adapter.name, c, "failed", first_line(e)))
-                except Exception as e:  # noqa: BLE001 - one broken pair must not end a sweep
-                    if os.environ.get("NEUROLENS_DEBUG"):
-                        traceback.print_exc()
-                    done.append(Outcome(adapter.name, c, "failed",
-                                        f"internal error: {type(e).__name__}: {first_line(e)}"))
+                done.append(o)
+                if f is not None and findings is not None:
+                    findings.append(f)
                 overall(1)
             if any(o.model == adapter.name and o.status != "failed" for o in done):
                 relabel(adapter.name, out, done)
@@ -127,6 +110,42 @@ def scan_models(models: Sequence[str], bars: Any, done: list[Outcome], *, corpus
             raise
         except NeuroLensError as e:
             done.append(Outcome(m, f"scan:{corpus}", "failed", first_line(e)))
+
+
+def run_pair(adapter: Any, concept: str, cfg: Any, bars: Any) -> tuple[Outcome, Finding | None]:
+    """One pair on a loaded model: its outcome and finding. A StoreError is raised (the
+    store is unusable: the sweep stops); any other failure is the pair's outcome."""
+    from neurolens.probes import load_concept
+
+    try:
+        cfg.report = False  # the report set is rendered once, at the end
+        cfg.relabel = False  # and the model's labels once, after its concepts
+        f = run_config(cfg, adapter=adapter, probes=load_concept(concept), bars=bars)
+        stages = {"extract", "score"} | ({"ablate"} if cfg.ablate else set())
+        if f is not None and stages <= set(f.skipped):
+            return Outcome(adapter.name, concept, "skipped", "already in the store"), f
+        if f is not None and f.note:
+            return Outcome(adapter.name, concept, "ran", f.note), f
+        return Outcome(adapter.name, concept, "ran", _detail(f, cfg.top_k, cfg.ablate)), f
+    except StoreError:
+        raise
+    except NeuroLensError as e:
+        return Outcome(adapter.name, concept, "failed", first_line(e)), None
+    except Exception as e:  # noqa: BLE001 - one broken pair must not end a sweep
+        if os.environ.get("NEUROLENS_DEBUG"):
+            traceback.print_exc()
+        return Outcome(adapter.name, concept, "failed", f"internal error: {type(e).__name__}: {first_line(e)}"), None
+
+
+def execute(executor: str, address: str | None = None) -> Callable[..., None]:
+    """`run_pairs`, or its Ray twin bound to `address`: same arguments, same outcomes."""
+    if executor == "ray":
+        from functools import partial
+
+        from neurolens.executors import run_pairs_ray
+
+        return partial(run_pairs_ray, address=address)
+    return run_pairs
 
 
 def _detail(f: Finding | None, k: int, ablated: bool) -> str:
@@ -202,11 +221,17 @@ def sweep(models: str | Iterable[str], concepts: str | Iterable[str] = "all", *,
           seed: int = 0, importance: bool = True, report: bool = True,
           ablate_methods: str | Sequence[str] = "zero", device_map: str | None = None,
           max_memory: str | None = None, progress: bool | None = None, scan: bool = False,
-          corpus: str = "wordnet", scan_tokens: int | None = None) -> SweepResult:
+          corpus: str = "wordnet", scan_tokens: int | None = None, executor: str = "inprocess",
+          address: str | None = None) -> SweepResult:
     """Every model × concept pair ("all", a comma-separated string or a list of each), resumable:
     pairs already in the store are reused. Failures are recorded in the result, not raised
     (except a StoreError, which stops the sweep). With `scan`, each model is then scanned over
-    `corpus` (`scan_tokens` tokens) and the corpus evidence of its ranked concepts written."""
+    `corpus` (`scan_tokens` tokens) and the corpus evidence of its ranked concepts written.
+    `executor="ray"` runs the pairs on the Ray cluster at `address` (default: a local one),
+    one actor per model."""
+    from neurolens.executors import check_executor
+
+    check_executor(executor)
     from neurolens.pipeline import RunConfig
     from neurolens.progress import Bars
 
@@ -223,8 +248,8 @@ def sweep(models: str | Iterable[str], concepts: str | Iterable[str] = "all", *,
     done: list[Outcome] = []
     findings: list[Finding] = []
     with Bars(enabled=progress) as bars:
-        run_pairs(ms, cs, modality_of, config_for, bars, done, dtype=dtype, device=device,
-                  device_map=device_map, max_memory=max_memory, out=outdir, findings=findings)
+        execute(executor, address)(ms, cs, modality_of, config_for, bars, done, dtype=dtype, device=device,
+                                   device_map=device_map, max_memory=max_memory, out=outdir, findings=findings)
         if scan:
             scan_models(ms, bars, done, corpus=corpus, tokens=scan_tokens, layers=layers, dtype=dtype,
                         device=device, out=outdir)

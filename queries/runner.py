@@ -238,7 +238,7 @@ def parse_assignments(items: list[str] | tuple[str, ...] | None) -> dict[str, st
 
 
 # -- running ---------------------------------------------------------------------------------
-def store_root(out: str | os.PathLike[str] | None = None) -> Path:
+def store_root(out: str | os.PathLike[str] | None = None) -> Path | str:
     """`<out>/store`: out is `out`, else $NEUROLENS_OUT, else ./neurolens-out."""
     from neurolens.store.paths import store_dir
 
@@ -249,9 +249,9 @@ def open_store(root: str | os.PathLike[str] | Store, *, threads: int | None = No
                ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the store's views; also (re)writes `<store>/views.sql`."""
     store = root if isinstance(root, Store) else Store(root)
-    if not store.root.is_dir():
-        raise QueryError(f"no store at {store.root} (run `neurolens run` first, or pass --out DIR)")
     try:
+        if not store.exists():
+            raise QueryError(f"no store at {store.uri} (run `neurolens run` first, or pass --out DIR)")
         con = _connect(store, threads=threads)
     except StoreError as e:
         raise QueryError(str(e)) from None

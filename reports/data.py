@@ -41,11 +41,11 @@ def connect(store_root: str | Path) -> duckdb.DuckDBPyConnection:
     from neurolens.store import Store, StoreError
     from neurolens.store import connect as store_connect
 
-    root = Path(store_root)
-    if not root.is_dir():
-        raise ReportError(f"no store at {root}: run `neurolens run` or `neurolens sweep` first")
     try:
-        return store_connect(Store(root))
+        store = Store(store_root)
+        if not store.exists():
+            raise ReportError(f"no store at {store.uri}: run `neurolens run` or `neurolens sweep` first")
+        return store_connect(store)
     except StoreError as e:
         raise ReportError(str(e)) from None
 

@@ -64,8 +64,17 @@ def connect(store: Store | str | Path, *, threads: int | None = None) -> duckdb.
     con = duckdb.connect(":memory:")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
+    delta = hasattr(store, "dataset")
     for t in PARTITIONS:
         try:
+            if delta:   # the Delta log's live files as an Arrow dataset, scanned where they are
+                ds = store.dataset(t)
+                if ds is None:
+                    con.execute(f"CREATE OR REPLACE VIEW {t} AS {_empty_select(t)};")
+                else:
+                    con.register(f"_delta_{t}", ds)
+                    con.execute(f"CREATE OR REPLACE VIEW {t} AS SELECT * FROM _delta_{t};")
+                continue
             con.execute(view_sql(store, t))
         except duckdb.Error as e:
             raise StoreError(f"the store's {t} table cannot be read ({_first_line(e)})") from None
@@ -84,8 +93,8 @@ def write_views(store: Store | str | Path) -> Path | None:
 
     if not isinstance(store, Store):
         store = Store(store)
-    if not store.root.is_dir():
-        return None
+    if not store.root.is_dir() or hasattr(store, "dataset"):
+        return None   # a Delta store's views are Arrow datasets, not a script
     final = store.root / "views.sql"
     tmp = store.root / f".views.sql.{uuid.uuid4().hex}.tmp"
     try:

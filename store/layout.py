@@ -37,10 +37,37 @@ def check_name(kind: str, value: str) -> str:
 
 
 class Store:
-    """The Parquet store rooted at `root` (usually `<out>/store`)."""
+    """The Parquet store rooted at `root` (usually `<out>/store`). `Store(root)` gives a
+    `DeltaStore` instead where the root is an object-store URI or a local Delta store."""
+
+    def __new__(cls, root: str | os.PathLike[str] | Store | None = None, *args, **kwargs):
+        if cls is Store:
+            from .delta import DeltaStore, is_delta_root
+
+            if isinstance(root, Store):
+                return root
+            if root is not None and is_delta_root(root):
+                return super().__new__(DeltaStore)
+        return super().__new__(cls)
 
     def __init__(self, root: str | os.PathLike[str]):
+        if isinstance(root, Store):
+            return   # Store(store) is that store
         self.root = Path(root)
+        self.uri = str(self.root)
+
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
+    def partitions(self, table: str, **fixed: object) -> list[dict[str, str]]:
+        """The published partitions of `table` (those with `fixed` keys), as key -> value."""
+        keys = PARTITIONS[table]
+        d = self.table_dir(table)
+        out = []
+        for m in sorted(d.glob("/".join(f"{k}={fixed[k]}" if k in fixed else f"{k}=*" for k in keys)
+                                + f"/{MARKER}")) if keys else []:
+            out.append(dict(x.split("=", 1) for x in m.parent.relative_to(d).parts))
+        return out
 
     # -- paths -------------------------------------------------------------
     def table_dir(self, table: str) -> Path:

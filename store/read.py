@@ -13,6 +13,8 @@ from .layout import Store, StoreError
 
 
 def layers_stored(store: Store, model: str, concept: str) -> list[int]:
+    if hasattr(store, "layers"):   # a Delta store: the layers its log holds
+        return store.layers(model, concept)
     d = store.partition_dir("activations", {"model": model, "concept": concept, "layer": 0}).parent
     if not d.exists():
         return []
@@ -20,6 +22,8 @@ def layers_stored(store: Store, model: str, concept: str) -> list[int]:
 
 
 def read_table(store: Store, table: str, parts: dict) -> pa.Table:
+    if hasattr(store, "read_partition"):   # a Delta store: the files its log holds
+        return store.read_partition(table, parts or {})
     d = store.partition_dir(table, parts)
     for attempt in range(5):
         files = sorted(d.glob("*.parquet"))

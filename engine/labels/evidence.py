@@ -39,11 +39,7 @@ def run_sql(store: Store, name: str, **params) -> pl.DataFrame:
 
 def model_concepts(store: Store, model: str) -> list[str]:
     """Concepts with a complete scores partition for `model`."""
-    d = store.table_dir("scores") / f"model={model}"
-    if not d.is_dir():
-        return []
-    return sorted(p.name.split("=", 1)[1] for p in d.glob("concept=*")
-                  if store.marker("scores", {"model": model, "concept": p.name.split("=", 1)[1]}))
+    return sorted(p["concept"] for p in store.partitions("scores", model=model))
 
 
 def top_tokens(store: Store, model: str, n_tokens: int = N_TOKENS, near: float = TOKEN_NEAR) -> pl.DataFrame:

@@ -37,6 +37,12 @@ def add_parser(sub) -> None:
                         f"(default {DEFAULT_MODELS}: the embedded encoder and decoder)")
     p.add_argument("--concepts", default="all",
                    help="all, or a comma-separated list of built-in concepts (default all)")
+    p.add_argument("--executor", default="inprocess", choices=("inprocess", "ray"),
+                   help="where the pairs run: this process (default), or a Ray cluster, one actor "
+                        "per model (see docs/distributed.md)")
+    p.add_argument("--address", default=None,
+                   help="with --executor ray: the cluster to join (host:port or auto); "
+                        "default: start a local one")
     add_common(p)
     p.add_argument("--scan", action="store_true",
                    help="then scan each model over a corpus (see `neurolens scan`) and write the corpus "
@@ -56,9 +62,15 @@ def plan(args: argparse.Namespace) -> tuple[list[str], list[str], dict[str, str]
 
 def sweep(args: argparse.Namespace, bars, done: list[Outcome]) -> None:
     """Run the pairs, appending each outcome to `done` (kept when a StoreError stops it)."""
-    from neurolens.sweeps import run_pairs
+    from neurolens.sweeps import execute
 
     models, wanted, concepts = plan(args)
+    executor = getattr(args, "executor", "inprocess")
+    if getattr(args, "address", None) and executor != "ray":
+        from neurolens.errors import ConfigError
+
+        raise ConfigError("--address is for --executor ray")
+    run_pairs = execute(executor, getattr(args, "address", None))
     run_pairs(models, wanted, concepts, lambda m, c: config(args, m, c), bars, done,
               dtype=args.dtype, device=args.device, device_map=args.device_map,
               max_memory=args.max_memory, out=args.out)

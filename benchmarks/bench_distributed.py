@@ -1,0 +1,84 @@
+"""The Ray executor against the in-process sweep on the same pairs, and the named queries
+over a Delta store on S3 (a local SeaweedFS server) against the same store on local disk.
+
+Full size: MiniLM × 4 concepts with validation (ablation). Smoke: the planted GPT-2 × 1
+concept, 2 layers. The Ray cluster is started before timing (its start is reported apart);
+each sweep writes to a fresh store. Query times are medians of interleaved repetitions,
+each opening the store afresh (the Delta log read included).
+
+    python -m benchmarks --only distributed [--smoke]
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import common
+
+CONCEPTS = ["negation", "royalty", "sentiment", "plurality"]
+
+
+def _queries(model: str, concept: str) -> dict[str, dict]:
+    return {"top_neurons": {"model": model, "concept": concept}, "layer_profile": {"model": model},
+            "depth_profile": {"model": model}, "concept_overlap": {"model": model}, "run_summary": {}}
+
+
+def run(smoke: bool) -> dict:
+    import neurolens as nl
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from distributed_fixtures import BUCKET, weed_server
+
+    from neurolens.executors import init_ray
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-distributed-"))
+    if smoke:
+        from neurolens.engine.planted.build import build_planted
+
+        model = str(build_planted("gpt2", tmp / "gpt2").path)
+        concepts, kw = ["royalty"], dict(layers=[1, 2], top_k=3, importance=False)
+    else:
+        model, concepts, kw = "minilm", CONCEPTS, {}
+    kw.update(report=False, progress=False, device="cpu", ablate=True)
+    out: dict = {"machine": common.machine(), "model": model, "concepts": concepts}
+    with weed_server(tmp / "weed") as (_, env):
+        os.environ.update(env)
+        t0 = time.perf_counter()
+        init_ray(num_cpus=os.cpu_count())
+        out["ray_start_s"] = time.perf_counter() - t0
+        import ray
+
+        t0 = time.perf_counter()
+        nl.sweep([model], concepts, out=str(tmp / "local"), **kw)
+        t_in = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        nl.sweep([model], concepts, out=str(tmp / "ray-local"), executor="ray", **kw)
+        t_ray = time.perf_counter() - t0
+        s3_out = f"s3://{BUCKET}/bench"
+        t0 = time.perf_counter()
+        nl.sweep([model], concepts, out=s3_out, executor="ray", **kw)
+        t_ray_s3 = time.perf_counter() - t0
+        out["sweep"] = {"inprocess_local_s": t_in, "ray_local_s": t_ray, "ray_s3_s": t_ray_s3,
+                        "ray_over_inprocess": t_ray / t_in, "ray_s3_over_inprocess": t_ray_s3 / t_in}
+        name = os.path.basename(model.rstrip("/"))
+        reps = 3 if smoke else 7
+        q = {}
+        for qname, params in _queries(name, concepts[0]).items():
+            jobs = {"local": lambda p=params, n=qname: nl.Store(str(tmp / "local")).query(n, **p),
+                    "s3": lambda p=params, n=qname: nl.Store(s3_out).query(n, **p)}
+            times = common.interleaved(jobs, reps)
+            med = {k: common.median(v) for k, v in times.items()}
+            q[qname] = {**{f"{k}_s": v for k, v in med.items()}, "s3_over_local": med["s3"] / med["local"]}
+        out["queries"] = q
+        out["queries_worst_s3_over_local"] = max(v["s3_over_local"] for v in q.values())
+        ray.shutdown()
+    return out
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(run("--smoke" in sys.argv), indent=2))
