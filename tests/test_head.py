@@ -39,7 +39,7 @@ def test_chunked_equals_full_softmax(cols, cap):
     assert (want < -1).any()   # a real distribution, not one certain token
 
 
-@pytest.mark.parametrize("cols", [1, 333, 5003])
+@pytest.mark.parametrize("cols", [1, 333, 5002])
 @pytest.mark.parametrize("bias", [False, True])
 def test_float32_in_place_path_equals_float64_reference(cols, bias):
     """The no-grad float32 path (one reused buffer, in-place exp) against float64."""

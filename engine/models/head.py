@@ -41,6 +41,8 @@ def target_logprobs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     post = post or _identity
     V = weight.shape[0]
     cols = cols or chunk_cols(x.shape[0], V)
+    if cols >= V:       # the logits fit one chunk: the plain fused log-softmax is as lean
+        return full_target_logprobs(x, weight, bias, targets, post=post)
     wt = weight[targets]
     z_t = (x.float() * wt.float()).sum(-1)
     if bias is not None:
