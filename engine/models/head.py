@@ -3,7 +3,7 @@
 log p(t | x) = z_t - logsumexp_v z_v, z = post(x W^T + b). The confidence needs only that
 one number per row, so the log-sum-exp is taken over vocabulary chunks small enough to
 stay in cache, and the [rows, V] logits and their log-softmax are never held at once.
-With a 262,144-token head (Gemma 3) the full path writes and rereads a gigabyte for a few
+With a 262,144-token head (Gemma 3) the full path writes and rereads 512 MiB twice for a few
 hundred rows; this one holds [rows, cols] at a time. Exact: the same products, the
 running maximum taken per chunk, nothing dropped. Under autograd each chunk is
 recomputed in the backward (activation checkpointing), so gradients cost the same memory.
@@ -16,7 +16,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-#: logit elements one chunk may hold (rows x cols): 64 MiB of float32, against 1 GiB for 512 rows in full
+#: logit elements one chunk may hold (rows x cols): 64 MiB of float32, against 512 MiB for 512 rows in full
 CHUNK_ELEMENTS = 1 << 24
 MIN_COLS = 2048
 
