@@ -1,8 +1,8 @@
 """A target token's log-probability through a large LM head without the full logits.
 
 log p(t | x) = z_t - logsumexp_v z_v, z = post(x W^T + b). The confidence needs only that
-one number per row, so the log-sum-exp is taken over vocabulary chunks small enough to
-stay in cache, and the [rows, V] logits and their log-softmax are never held at once.
+one number per row, so the log-sum-exp is taken over vocabulary chunks of a bounded size in
+one reused buffer, and the [rows, V] logits and their log-softmax are never held at once.
 With a 262,144-token head (Gemma 3) the full path writes and rereads 512 MiB twice for a few
 hundred rows; this one holds [rows, cols] at a time. Exact: the same products, the
 running maximum taken per chunk, nothing dropped. Under autograd each chunk is
