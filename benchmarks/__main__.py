@@ -70,6 +70,9 @@ def headline(name: str, r: dict) -> str:
         if name == "run_ablation":
             return (f"ablate {r['ratio']:.2f}x extract+score (target 3x); its fp32 products alone "
                     f"{r['floor_ratio']:.2f}x")
+        if name == "confidence":
+            return "; ".join(f"{x['rows']} rows: chunked {x['ratio']:.2f}x full log-softmax"
+                             for x in r["rows"]) + f" ({r['sizes']['vocab']:,}-token head)"
         if name == "sweep":
             return (f"minilm x {r['sizes']['concepts']} concepts: cold {r['contender']['median_s']:.1f} s, "
                     f"resumed {r['baseline']['median_s']:.1f} s")

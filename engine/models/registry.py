@@ -30,6 +30,7 @@ HUB = {
 }
 EMBEDDED = "minilm"
 EMBEDDED_DECODER = "smollm2"
+EMBEDDED_GEMMA = "gemma3"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -54,6 +55,8 @@ def known_models() -> dict[str, str]:
     out = dict(HUB)
     out[EMBEDDED] = "all-MiniLM-L6-v2 (embedded, offline)"
     out[EMBEDDED_DECODER] = "SmolLM2-135M-Instruct, Q4_1 GGUF (embedded decoder, offline)"
+    out[EMBEDDED_GEMMA] = ("Gemma 3 270M, Q4_K_M GGUF, 253 MB (embedded decoder, offline; "
+                           "Gemma Terms of Use: ai.google.dev/gemma/terms)")
     return out
 
 
@@ -69,6 +72,8 @@ def resolve(name: str) -> ModelRef:
         return ModelRef(EMBEDDED, str(minilm_dir()), True)
     if name == EMBEDDED_DECODER:
         return ModelRef(EMBEDDED_DECODER, str(gguf.smollm2_file()), True)
+    if name == EMBEDDED_GEMMA:
+        return ModelRef(EMBEDDED_GEMMA, str(gguf.gemma3_file()), True)
     for prefix in ref_prefixes():
         if name.startswith(prefix):
             return ModelRef(_store_name(name.replace(":", "-")), name, False)

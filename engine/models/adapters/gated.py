@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from neurolens.engine.models import head
 from neurolens.engine.models.adapters.base import Batch, Side, StopForward
 from neurolens.engine.models.adapters.text import TextAdapter
 from neurolens.probes.types import Example
@@ -50,9 +51,11 @@ class GatedDecoderAdapter(TextAdapter):
 
     def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The LM head, with the family's own output scaling (Granite divides the
-        logits, Gemma 2/3 soft-cap them), so probabilities are the model's own."""
+        logits, Gemma 2 soft-caps them), so probabilities are the model's own."""
+        return self._post_logits(self.model.lm_head(hidden))
+
+    def _post_logits(self, logits: torch.Tensor) -> torch.Tensor:
         cfg = self.model.config
-        logits = self.model.lm_head(hidden)
         scale = getattr(cfg, "logits_scaling", None)
         if scale:
             logits = logits / scale
@@ -60,6 +63,14 @@ class GatedDecoderAdapter(TextAdapter):
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits
+
+    def head_target_logprobs(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The target's log-probability from the log-sum-exp over vocabulary chunks: the
+        same number as the full log-softmax, without [B, V] logits (Gemma 3: V = 262,144)."""
+        lm = getattr(self.model, "lm_head", None)
+        if not isinstance(lm, nn.Linear):
+            return super().head_target_logprobs(x, targets)
+        return head.target_logprobs(x, lm.weight, lm.bias, targets, post=self._post_logits)
 
     def batches(self, examples: Sequence[Example], batch_size: int, *,
                 with_targets: bool = False) -> Iterator[Batch]:

@@ -155,9 +155,13 @@ class TextAdapter(Adapter):
             return super().target_logprobs(batch)
         h = self._hidden(batch)
         rows = torch.arange(h.shape[0], device=h.device)
-        logits = self.head_logits(h[rows, batch.target_pos]).float()
-        lp = torch.log_softmax(logits, dim=-1)
-        return lp[rows, batch.target_ids.clamp_min(0)]
+        return self.head_target_logprobs(h[rows, batch.target_pos], batch.target_ids.clamp_min(0))
+
+    def head_target_logprobs(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """[B] log p(targets) from final hidden states x [B, D]: all logits, then log-softmax
+        (families with a large vocabulary take only the log-sum-exp, `engine/models/head.py`)."""
+        lp = torch.log_softmax(self.head_logits(x).float(), dim=-1)
+        return lp[torch.arange(x.shape[0], device=x.device), targets]
 
 
 def _padded(seqs: Sequence[Sequence[int]], fill: int) -> np.ndarray:
