@@ -1,7 +1,6 @@
 -- description: One row per run: what it ran, its status, row counts in the store and its timings (newest first); every run unless a model or concept is given.
 -- param: model VARCHAR = NULL
 -- param: concept VARCHAR = NULL
--- param: alpha DOUBLE = ALPHA
 WITH s AS (
     SELECT run_id,
            count(*) AS n_scored,

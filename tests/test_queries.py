@@ -302,7 +302,8 @@ def test_views_sql_is_written_and_runs_in_a_fresh_connection(syn):
     con = duckdb.connect()  # what `duckdb -init <store>/views.sql` does
     con.execute(path.read_text())
     tables = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
-    assert tables == {"runs", "examples", "activations", "scores", "ablations", "labels", "top_examples"}
+    assert tables == {"runs", "examples", "activations", "scores", "ablations", "labels", "top_examples",
+                      "corpus_top", "neuron_stats", "logit_effects", "corpus_evidence"}
     n = con.execute("SELECT count(*) FROM scores WHERE model = 'roberta-tiny' AND q_value < 0.05").fetchone()[0]
     assert n == syn.scores.filter((pl.col("model") == "roberta-tiny") & (pl.col("q_value") < ALPHA)).height
     # a named query's SQL runs there too, with the parameters set as variables
