@@ -17,11 +17,13 @@ def add_parser(sub) -> None:
     p.add_argument("--layers", type=int, nargs="+", metavar="L", help="layers to scan (default: all)")
     p.add_argument("--top-k", type=int, default=20, metavar="K", help="top excerpts kept per neuron")
     p.add_argument("--length", type=int, default=64, help="tokens per excerpt (default 64)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="excerpts per forward (default 16); the scan's results do not depend on it")
     p.add_argument("--shards", type=int, default=None, help="resume granularity (default ~100k tokens each)")
     p.add_argument("--words", default=None, metavar="W[,W]",
                    help="extra concept words for the corpus evidence (besides the probes' own)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="the dtype the model runs in (default float32)")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--out", default=None, help="output folder (default $NEUROLENS_OUT or ./neurolens-out)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -68,7 +68,10 @@ class GatedDecoderAdapter(TextAdapter):
         """The target's log-probability from the log-sum-exp over vocabulary chunks: the
         same number as the full log-softmax, without [B, V] logits (Gemma 3: V = 262,144)."""
         lm = getattr(self.model, "lm_head", None)
-        if not isinstance(lm, nn.Linear):
+        if (not isinstance(lm, nn.Linear) or hasattr(lm, "_hf_hook")
+                or lm.weight.device != x.device):
+            # a head accelerate places (offloaded: its weight arrives in its own forward hook)
+            # or one on another device goes through its module, as transformers computes it
             return super().head_target_logprobs(x, targets)
         return head.target_logprobs(x, lm.weight, lm.bias, targets, post=self._post_logits)
 
