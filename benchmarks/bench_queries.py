@@ -60,7 +60,10 @@ def _scores_table(rng: np.random.Generator, n_layers: int, width: int, run_id: s
         "rank": pa.array(rank, mask=rank == 0), "range_lo": mean_pos - 2 * std_pos,
         "range_hi": mean_pos + 2 * std_pos, "range_overlap": f(rng.uniform(0, 0.5, n)),
         "n_units": np.full(n, 24, np.int32), "selectivity_test": sel, "p_test": p,
-        "replicated": q < 0.05, "rank_probeless": pa.nulls(n, pa.int32()),
+        "replicated": q < 0.05, "q_test": q, "effect": f(sel * 3),
+        "direction": np.where(sel >= 0, 1, -1).astype(np.int8),
+        "significant": (q < 0.05) & (sel > 0), "opposite": (q < 0.05) & (sel < 0), "lexical": np.zeros(n, bool),
+        "tpr_at_5fpr": cons, "rank_probeless": pa.nulls(n, pa.int32()),
         "rank_probe": pa.nulls(n, pa.int32()),
         "run_id": pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), [run_id]).cast(pa.string()),
     }
