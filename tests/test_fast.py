@@ -71,9 +71,9 @@ def fresh_cache(tmp_path, monkeypatch):
     """An empty NeuroLens cache, and no choice remembered by this process."""
     monkeypatch.setenv("NEUROLENS_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("NEUROLENS_CONV1D", raising=False)
-    lin.conv1d_prefers_onednn.cache_clear()
+    lin._stored_choice.cache_clear()
     yield tmp_path / "cache" / "kernels"
-    lin.conv1d_prefers_onednn.cache_clear()
+    lin._stored_choice.cache_clear()
 
 
 def test_conv1d_choice_timed_once_per_machine_then_read_back(fresh_cache, monkeypatch):
@@ -85,7 +85,7 @@ def test_conv1d_choice_timed_once_per_machine_then_read_back(fresh_cache, monkey
     files = list(fresh_cache.glob("conv1d-64x96-*.json"))
     assert timed == [(64, 96)] and len(files) == 1
     assert [p.name for p in fresh_cache.iterdir()] == [files[0].name]      # no temporary left
-    lin.conv1d_prefers_onednn.cache_clear()
+    lin._stored_choice.cache_clear()
     monkeypatch.setattr(lin, "_time_conv1d", lambda *shape: timed.append(shape) or False)
     assert lin.conv1d_prefers_onednn(64, 96) is True and timed == [(64, 96)]
     assert lin.conv1d_prefers_onednn(96, 64) is False and timed[-1] == (96, 64)   # per shape
@@ -103,11 +103,11 @@ def test_conv1d_choice_fixed_by_environment_or_torch_when_cache_unwritable(fresh
     monkeypatch.setattr(lin, "_time_conv1d", lambda *shape: True)
     monkeypatch.setenv("NEUROLENS_CONV1D", "torch")
     assert lin.conv1d_prefers_onednn(64, 96) is False
-    lin.conv1d_prefers_onednn.cache_clear()
+    lin._stored_choice.cache_clear()
     monkeypatch.setenv("NEUROLENS_CONV1D", "onednn")
     assert lin.conv1d_prefers_onednn(8, 8) is True
     assert not fresh_cache.exists()                   # a fixed choice is not timed or stored
-    lin.conv1d_prefers_onednn.cache_clear()
+    lin._stored_choice.cache_clear()
     monkeypatch.delenv("NEUROLENS_CONV1D")
     blocker = fresh_cache.parent.parent / "file"
     blocker.write_text("")

@@ -212,5 +212,5 @@ def test_run_on_a_gguf_file_end_to_end(smollm2_cache, tmp_path, capsys):
     run = con.sql("select model, model_ref, model_sha, status from runs").fetchall()
     assert run == [("SmolLM2-copy", str(f.resolve()), run[0][2], "done")]
     n = con.sql("select count(*), count(distinct layer), max(n_layers) from scores "
-                "where model = 'SmolLM2-copy'").fetchall()
+                "where model = 'SmolLM2-copy' and concept not like '%+control'").fetchall()
     assert n == [(2 * 1536, 2, 30)]

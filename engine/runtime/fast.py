@@ -212,15 +212,20 @@ def _store_choice(f: Path, onednn: bool, n_in: int, n_out: int) -> bool | None:
     return _read_choice(f)
 
 
-@functools.cache
 def conv1d_prefers_onednn(n_in: int, n_out: int) -> bool:
     """Whether a Conv1D weight [n_in, n_out] runs on oneDNN: NEUROLENS_CONV1D when set,
     else the choice stored for this machine, timed and stored by the first process that
     needs it. Where the cache cannot be written, torch's own kernel (a fixed rule: a timed
-    choice that is not kept could differ in the next process)."""
+    choice that is not kept could differ in the next process). Remembered per cache folder,
+    so a process that moves $NEUROLENS_CACHE reads what the processes using it read."""
     fixed = os.environ.get("NEUROLENS_CONV1D", "").strip().lower()
     if fixed in ("onednn", "torch"):
         return fixed == "onednn"
+    return _stored_choice(n_in, n_out, str(cache_dir()))
+
+
+@functools.cache
+def _stored_choice(n_in: int, n_out: int, folder: str) -> bool:
     f = _choice_file(n_in, n_out)
     got = _read_choice(f)
     if got is None:
