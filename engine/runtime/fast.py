@@ -180,9 +180,9 @@ def machine() -> dict[str, str]:
             "torch": torch.__version__}
 
 
-def _choice_file(n_in: int, n_out: int) -> Path:
+def _choice_file(n_in: int, n_out: int, folder: Path | None = None) -> Path:
     key = json.dumps({**machine(), "shape": [n_in, n_out]}, sort_keys=True)
-    return cache_dir() / f"conv1d-{n_in}x{n_out}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    return (folder or cache_dir()) / f"conv1d-{n_in}x{n_out}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
 def _read_choice(f: Path) -> bool | None:
@@ -226,7 +226,7 @@ def conv1d_prefers_onednn(n_in: int, n_out: int) -> bool:
 
 @functools.cache
 def _stored_choice(n_in: int, n_out: int, folder: str) -> bool:
-    f = _choice_file(n_in, n_out)
+    f = _choice_file(n_in, n_out, Path(folder))
     got = _read_choice(f)
     if got is None:
         got = _store_choice(f, _time_conv1d(n_in, n_out), n_in, n_out)
