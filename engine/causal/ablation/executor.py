@@ -35,8 +35,9 @@ first block's saving with no correction term.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -504,68 +505,108 @@ def ablate_sets(adapter: Adapter, conf, examples: Sequence[Example], sets: Seque
     out = np.zeros((len(sets), len(examples)), dtype=np.float64)
     if not sets or not examples:
         return out
-    plan = _Plan(adapter, sets, method, values, ranges)
-    stack = _block_stack(adapter, plan.layers) if share_prefix and plan.layers else None
-    readouts = {}
-    if stack is not None and fan_out:
-        readouts = {l: ro for l in plan.layers if (ro := _readout_rows(adapter, l)) is not None}
-    # branching: every ablated layer has a readout and a block of its own (text families)
-    branch = (bool(readouts) and len(readouts) == len(plan.layers)
-              and len({stack.at[l] for l in plan.layers}) == len(plan.layers))
-    width = _width(adapter, plan.layers)
-    budget = budget or default_budget(adapter.device)
-    if branch:      # sets that share their early ablations side by side: they share nodes
-        order = sorted(range(len(sets)), key=lambda i: tuple(
-            tuple(sorted(n for l, n in sets[i] if l == x)) for x in plan.layers))
-    else:           # grouped by first ablated layer: the shared prefix is as long as possible
-        order = sorted(range(len(sets)), key=lambda i: (plan.first[i] if plan.first[i] is not None else -1))
+    run = _Run.of(adapter, sets, method, values, ranges, share_prefix, fan_out, budget)
     trees: dict[tuple[int, ...], _Branches] = {}
     for b in adapter.batches(examples, batch_size, with_targets=conf.with_targets):
         b = b.to(adapter.device)
         idx = b.index.numpy()
-        R = replicas or max(1, _rows_per_forward(adapter, b, width, budget) // b.size)
+        R = replicas or max(1, _rows_per_forward(adapter, b, run.width, run.budget) // b.size)
         cache: dict[int, Any] = {}          # clean block outputs of this batch
-        s = 0
-        while s < len(order):
-            first = plan.first[order[s]]
-            chunk = [order[s]]
-            while (len(chunk) < R and s + len(chunk) < len(order)
-                   and (stack is None or branch or plan.first[order[s + len(chunk)]] == first)):
-                chunk.append(order[s + len(chunk)])
-            s += len(chunk)
-            if branch and any(plan.first[i] is not None for i in chunk):
+        for chunk in run.chunks(R):
+            if run.branch and any(run.plan.first[i] is not None for i in chunk):
                 key = tuple(chunk)
                 if key not in trees:
-                    trees[key] = _Branches(plan, stack, readouts, [sets[i] for i in chunk],
+                    trees[key] = _Branches(run.plan, run.stack, run.readouts, [sets[i] for i in chunk],
                                            share=share_branches)
-                tree = trees[key]
-                with _clean_prefix(stack.blocks[:tree.start], cache), \
-                        _branching(tree, stack, readouts, b.size, method, b.mask, range_on):
-                    m = conf(b.repeat(tree.n_leaves, inputs=False))
-                _store(out, chunk, idx, m, tree.n_leaves, b.size, tree.leaf)
-                continue
-            r = len(chunk)
-            masks = plan.masks([sets[i] for i in chunk], adapter.device)
-            # where the replicas start: the ablated site (widen), the ablated block's input
-            # (prefix), or the model's input
-            many = first is not None and r > 1
-            mode = ("widen" if many and fan_out and adapter.site_is_stream else
-                    "prefix" if many and stack is not None else "input")
-            rb = b.repeat(r, inputs=mode == "input")
-            with ExitStack() as st:
-                if stack is not None and first is not None:
-                    st.enter_context(_clean_prefix(stack.blocks[:stack.at[first]], cache))
-                if mode == "prefix":
-                    st.enter_context(_replicate_at(stack.from_(first), b.size, r))
-                if masks:
-                    widen = first if mode == "widen" else None
-                    st.enter_context(on_sites(adapter, sorted(masks),
-                                              _hook(plan, masks, r, b.mask, range_on, widen)))
-                m = conf(rb)
-            _store(out, chunk, idx, m, r, b.size, range(r))
+                m, leaves = _forward_branched(run, trees[key], conf, b, cache, method, range_on)
+            else:
+                m, leaves = _forward_replicated(run, chunk, conf, b, cache, fan_out, range_on)
+            _store(out, chunk, idx, m, len(leaves), b.size, leaves)
         if progress:
             progress(b.size)
     return out
+
+
+@dataclass
+class _Run:
+    """What one `ablate_sets` call decides before its first forward: the plan, the block
+    stack the replicas start from, the readouts that fan out, and the order of the sets."""
+    adapter: Adapter
+    sets: list[list[tuple[int, int]]]
+    plan: _Plan
+    stack: Any
+    readouts: dict
+    branch: bool
+    width: int
+    budget: int
+    order: list[int]
+
+    @classmethod
+    def of(cls, adapter: Adapter, sets, method, values, ranges, share_prefix: bool, fan_out: bool,
+           budget: int | None) -> _Run:
+        plan = _Plan(adapter, sets, method, values, ranges)
+        stack = _block_stack(adapter, plan.layers) if share_prefix and plan.layers else None
+        readouts = {}
+        if stack is not None and fan_out:
+            readouts = {l: ro for l in plan.layers if (ro := _readout_rows(adapter, l)) is not None}
+        # branching: every ablated layer has a readout and a block of its own (text families)
+        branch = (bool(readouts) and len(readouts) == len(plan.layers)
+                  and len({stack.at[l] for l in plan.layers}) == len(plan.layers))
+        if branch:      # sets that share their early ablations side by side: they share nodes
+            order = sorted(range(len(sets)), key=lambda i: tuple(
+                tuple(sorted(n for l, n in sets[i] if l == x)) for x in plan.layers))
+        else:           # grouped by first ablated layer: the shared prefix is as long as possible
+            order = sorted(range(len(sets)), key=lambda i: (plan.first[i] if plan.first[i] is not None else -1))
+        return cls(adapter, sets, plan, stack, readouts, branch, _width(adapter, plan.layers),
+                   budget or default_budget(adapter.device), order)
+
+    def chunks(self, R: int) -> Iterator[list[int]]:
+        """The sets in `order`, at most R per forward; without branching, a chunk's sets
+        share their first ablated layer (their common clean prefix)."""
+        s = 0
+        while s < len(self.order):
+            first = self.plan.first[self.order[s]]
+            chunk = [self.order[s]]
+            while (len(chunk) < R and s + len(chunk) < len(self.order)
+                   and (self.stack is None or self.branch or self.plan.first[self.order[s + len(chunk)]] == first)):
+                chunk.append(self.order[s + len(chunk)])
+            s += len(chunk)
+            yield chunk
+
+
+def _forward_branched(run: _Run, tree: _Branches, conf, b, cache: dict, method: str,
+                      range_on: str) -> tuple[torch.Tensor, Sequence[int]]:
+    """One forward of a branch tree: the clean prefix once, then a node per distinct
+    ablation; returns the confidences and which leaf row each set reads."""
+    with _clean_prefix(run.stack.blocks[:tree.start], cache), \
+            _branching(tree, run.stack, run.readouts, b.size, method, b.mask, range_on):
+        m = conf(b.repeat(tree.n_leaves, inputs=False))
+    return m, tree.leaf
+
+
+def _forward_replicated(run: _Run, chunk: list[int], conf, b, cache: dict, fan_out: bool,
+                        range_on: str) -> tuple[torch.Tensor, Sequence[int]]:
+    """One forward of r = len(chunk) replicas of the batch, replica i with set chunk[i]
+    ablated; the replicas start at the ablated site (widen), the ablated block's input
+    (prefix) or the model's input."""
+    adapter, plan, stack = run.adapter, run.plan, run.stack
+    first = plan.first[chunk[0]]
+    r = len(chunk)
+    masks = plan.masks([run.sets[i] for i in chunk], adapter.device)
+    many = first is not None and r > 1
+    mode = ("widen" if many and fan_out and adapter.site_is_stream else
+            "prefix" if many and stack is not None else "input")
+    rb = b.repeat(r, inputs=mode == "input")
+    with ExitStack() as st:
+        if stack is not None and first is not None:
+            st.enter_context(_clean_prefix(stack.blocks[:stack.at[first]], cache))
+        if mode == "prefix":
+            st.enter_context(_replicate_at(stack.from_(first), b.size, r))
+        if masks:
+            widen = first if mode == "widen" else None
+            st.enter_context(on_sites(adapter, sorted(masks), _hook(plan, masks, r, b.mask, range_on, widen)))
+        m = conf(rb)
+    return m, range(r)
 
 
 def _store(out: np.ndarray, chunk: Sequence[int], idx: np.ndarray, m: torch.Tensor, r: int, rows: int,
