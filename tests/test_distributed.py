@@ -21,7 +21,9 @@ pytestmark = pytest.mark.xdist_group("distributed")
 
 CONCEPTS = ["royalty", "negation"]
 KW = dict(layers=[1, 2], top_k=3, importance=False, report=False, progress=False, device="cpu")
-ORDER = {"scores": "layer, neuron", "ablations": "method, mode, k, layer, neuron, metric",
+# a total order: a random control's rows share (k, layer, neuron) with its other draws of
+# that size ending in the same neuron, so the set itself breaks the tie
+ORDER = {"scores": "layer, neuron", "ablations": "method, mode, k, layer, neuron, metric, neurons::varchar",
          "labels": "layer, neuron"}
 
 
@@ -38,24 +40,19 @@ def tables(out: str) -> dict[str, pl.DataFrame]:
 
 
 def assert_same(a: dict[str, pl.DataFrame], b: dict[str, pl.DataFrame]) -> None:
-    """Row for row: keys, counts, ranks, labels and every non-float column exactly; float
-    columns within 1e-2 (a Ray worker's fp32 forward pass rounds a few activations apart
-    from the driver's, which moves a tie in an AUC by one pair in ~10^4)."""
-    import numpy as np
-
+    """Row for row and bit for bit: the same command computes the same numbers wherever a
+    pair runs (issue 29), so every column, floats included, is compared exactly."""
     for t in ORDER:
         assert a[t].height > 0, t
         x, y = a[t].select(sorted(a[t].columns)), b[t].select(sorted(b[t].columns))
         assert x.columns == y.columns and x.height == y.height, (t, x.columns, y.columns, x.height, y.height)
         for c in x.columns:
-            if x[c].dtype.is_float():
-                u, v = x[c].to_numpy(), y[c].to_numpy()
-                assert np.allclose(u, v, rtol=1e-2, atol=1e-2, equal_nan=True), (t, c, np.nanmax(abs(u - v)))
-            elif c in ("rank_probe", "rank_probeless"):   # full rankings: near-ties reorder with that noise
-                top = lambda d: set(d.filter(pl.col(c) <= 10).select("concept", "layer", "neuron").rows())  # noqa: E731
-                assert top(x) == top(y), (t, c)
-            else:
-                assert x[c].equals(y[c]), (t, c, x[c].head(5), y[c].head(5))
+            if not x[c].equals(y[c]):
+                bad = [i for i, (u, v) in enumerate(zip(x[c].to_list(), y[c].to_list()))
+                       if u != v and not (u != u and v != v)]   # NaN == NaN here
+                if bad:
+                    raise AssertionError(f"{t}.{c}: {len(bad)} rows differ, first {x.row(bad[0], named=True)} "
+                                         f"vs {y.row(bad[0], named=True)}")
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +76,6 @@ REFERENCE_OUT: list[str] = []
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="known: the ablations table differs since the calibrated verdict "
-                   "landed (Ray workers' activations differ from the in-process run's by ~1e-8, which "
-                   "reaches the controls' empirical p); open in issue 27")
 def test_ray_sweep_into_s3_equals_the_local_in_process_sweep(planted, reference, ray_cluster):
     import neurolens as nl
     from neurolens.store import Store
@@ -115,9 +109,6 @@ def test_two_sweeps_at_once_into_one_s3_store_write_every_pair_once(planted, ref
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="known: a pair run in a Ray worker computes activations ~1e-8 "
-                   "from the in-process run's, which can reorder near-tied neurons and the controls "
-                   "drawn from them; the retry itself works (issue 27)")
 def test_a_worker_killed_mid_pair_is_retried_and_the_tables_equal_an_undisturbed_run(
         planted, reference, ray_cluster):
     import psutil
@@ -149,8 +140,6 @@ def test_a_worker_killed_mid_pair_is_retried_and_the_tables_equal_an_undisturbed
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="known: the migrated ablations table no longer compares equal to "
-                   "its source since the calibrated verdict's columns landed; not yet diagnosed (issue 27)")
 def test_a_migrated_local_store_on_s3_answers_the_same_and_resumes(planted, reference, s3):
     import neurolens as nl
     from neurolens.store.migrate import migrate
