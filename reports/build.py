@@ -442,7 +442,7 @@ def _chosen(con, models: list[str] | None, concepts: list[str] | None):
     for cpt in concepts or []:
         check(entries, None, cpt)
     chosen = [e for e in entries if (not models or e.model in models)
-              and (not concepts or e.concept in concepts)]
+              and (e.concept in concepts if concepts else not e.lexical_control)]
     if not chosen:
         raise ReportError("no model × concept in the store matches the models and concepts asked for")
     modality = _model_modality(chosen)

@@ -57,12 +57,13 @@ class Entry:
     n_scored: int
     n_layers: int
     modality: str
+    lexical_control: bool = False
 
 
 def catalog(con: duckdb.DuckDBPyConnection) -> list[Entry]:
     df = query(con, "catalog")
     return [Entry(r["model"], r["concept"], int(r["n_scored"]), int(r["n_layers"] or 0),
-                  r["modality"]) for r in df.iter_rows(named=True)]
+                  r["modality"], bool(r["lexical_control"])) for r in df.iter_rows(named=True)]
 
 
 def check(entries: list[Entry], model: str | None, concept: str | None) -> None:

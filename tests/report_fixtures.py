@@ -334,7 +334,8 @@ def build_labels(store: Store, spec: ModelSpec, seed: int) -> None:
     con: duckdb.DuckDBPyConnection = connect(store.root)
     sig = con.execute(
         "SELECT layer, neuron, list(DISTINCT concept ORDER BY concept) AS concepts "
-        "FROM scores WHERE model = ? AND significant AND NOT lexical GROUP BY ALL ORDER BY layer, neuron",
+        "FROM scores WHERE model = ? AND significant AND NOT lexical AND concept NOT LIKE '%+control' "
+        "GROUP BY ALL ORDER BY layer, neuron",  # labels name concepts, never a lexical control
         [spec.name]).fetchall()
     rng = np.random.default_rng(seed)
     cols: dict[str, list] = {k: [] for k in ("layer", "neuron", "family", "label", "top_tokens",

@@ -194,3 +194,17 @@ def test_label_tokens_are_words(tmp_path):
     toks = got.row(0, named=True)["top_tokens"]
     assert toks[0] == "king"                       # two examples peak on it (one as 'ĠKing')
     assert set(toks) == {"king", "queen", "##ed"}
+
+
+def test_a_lexical_control_is_not_a_concept_of_the_labels(tmp_path):
+    """A neuron a word swap lights up (`<concept>+control`) gets no concept from it."""
+    from report_fixtures import ModelSpec, build_store
+
+    from neurolens.engine.labels.evidence import gather_evidence, model_concepts
+
+    build_store(tmp_path / "store", [ModelSpec("gpt2", 2, 32, concepts=["royalty", "royalty+control"])],
+                n_pos=12, n_neg=12)
+    store = Store(tmp_path / "store")
+    assert model_concepts(store, "gpt2") == ["royalty"]
+    ev = gather_evidence(store, "gpt2", ["royalty", "royalty+control"])
+    assert ev is not None and ev.concepts == ["royalty"]

@@ -328,3 +328,19 @@ def test_report_stays_small_when_half_the_neurons_are_significant(tmp_path):
     page = path.read_text()
     assert path.stat().st_size < 5 * MB, f"{path.stat().st_size / MB:.1f} MB"
     assert "other families" in page and "best-ranked" in page
+
+
+def test_lexical_controls_are_not_concepts_of_the_index(tmp_path):
+    """A sweep stores each concept's lexical control as `<concept>+control`: the index,
+    its heatmap and the sweep's share chart leave it out; asked for by name, it renders."""
+    root = tmp_path / "store"
+    build_store(root, [ModelSpec("gpt2", 2, 32, concepts=["royalty", "royalty+control"])], n_pos=12, n_neg=12)
+    out = tmp_path / "set"
+    render_set(root, out, progress=False)
+    names = sorted(p.name for p in out.glob("*.html"))
+    assert names == ["gpt2__royalty.html", "index.html"], names
+    index = _page(out, "index.html")
+    assert "+control" not in index
+    assert "+control" not in json.dumps(_specs(_page(out, "gpt2__royalty.html")))
+    one = render_report(root, "gpt2", "royalty+control", tmp_path / "one")
+    assert Path(one).is_file()

@@ -15,6 +15,7 @@ import polars as pl
 
 from neurolens.constants import ALPHA
 from neurolens.errors import first_line
+from neurolens.probes.text import CONTROL
 from neurolens.store import Store, StoreError
 from neurolens.store.duck import connect
 from neurolens.store.sql import run_file
@@ -38,8 +39,10 @@ def run_sql(store: Store, name: str, **params) -> pl.DataFrame:
 
 
 def model_concepts(store: Store, model: str) -> list[str]:
-    """Concepts with a complete scores partition for `model`."""
-    return sorted(p["concept"] for p in store.partitions("scores", model=model))
+    """Concepts with a complete scores partition for `model`; a concept's lexical control
+    (`<concept>+control`) is not one: a neuron it lights up answers to a word swap."""
+    return sorted(p["concept"] for p in store.partitions("scores", model=model)
+                  if not p["concept"].endswith(CONTROL))
 
 
 def top_tokens(store: Store, model: str, n_tokens: int = N_TOKENS, near: float = TOKEN_NEAR) -> pl.DataFrame:
@@ -62,11 +65,11 @@ class Evidence:
 
 def gather_evidence(store: Store, model: str, concepts: Sequence[str], alpha: float = ALPHA
                     ) -> Evidence | None:
+    concepts = sorted(c for c in concepts if not c.endswith(CONTROL))
     sig = run_sql(store, "label_significant", model=model, alpha=alpha)
-    sig = sig.filter(pl.col("concept").is_in(list(concepts)))
+    sig = sig.filter(pl.col("concept").is_in(concepts))
     if sig.height == 0:
         return None
-    concepts = sorted(concepts)
     cidx = {c: i for i, c in enumerate(concepts)}
     layer = sig["layer"].to_numpy().astype(np.int64)
     neuron = sig["neuron"].to_numpy().astype(np.int64)

@@ -5,6 +5,6 @@ SELECT model, concept,
        count(*) FILTER (WHERE (significant AND NOT lexical)) AS n_sig,
        avg(CASE WHEN (significant AND NOT lexical) THEN 1.0 ELSE 0.0 END) AS share
 FROM scores
-WHERE model IN ($model_a, $model_b)
+WHERE model IN ($model_a, $model_b) AND concept NOT LIKE '%+control'   -- lexical controls are not concepts
 GROUP BY ALL
 ORDER BY concept, model, bin;

@@ -1,7 +1,9 @@
--- Every neuron of one model that is significant and positively selective for a concept (the evidence labels are built from).
+-- Every neuron of one model that is significant for a concept (q < alpha, the concept's
+-- direction, above the effect gate) and not lexical: the evidence labels are built from.
 SELECT concept, layer, neuron, selectivity, q_value, consistency, rank, score
 FROM scores
 WHERE model = $model
+  AND significant
+  AND NOT coalesce(lexical, false)
   AND q_value < $alpha
-  AND selectivity > 0
 ORDER BY layer, neuron, selectivity DESC, concept
