@@ -20,6 +20,22 @@ def pytest_configure(config):
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
+def converted_cache(tmp_path_factory, sha: str):
+    """For a session fixture (`yield from`): NEUROLENS_CACHE pointing at a cache that holds,
+    or will hold, the GGUF file `sha` converted: the user's cache when it was converted
+    there before (a rerun converts nothing), else a temporary one; restored afterwards."""
+    from neurolens.engine.models import gguf
+
+    old = os.environ.get("NEUROLENS_CACHE")
+    if not (gguf.cache_root() / sha / "neurolens-gguf.json").is_file():
+        os.environ["NEUROLENS_CACHE"] = str(tmp_path_factory.mktemp("nl-cache"))
+    yield gguf.cache_root() / sha
+    if old is None:
+        os.environ.pop("NEUROLENS_CACHE", None)
+    else:
+        os.environ["NEUROLENS_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def planted_factory(tmp_path_factory):
     """build(family) -> PlantedModel, built once per test process."""

