@@ -208,3 +208,29 @@ def test_a_lexical_control_is_not_a_concept_of_the_labels(tmp_path):
     assert model_concepts(store, "gpt2") == ["royalty"]
     ev = gather_evidence(store, "gpt2", ["royalty", "royalty+control"])
     assert ev is not None and ev.concepts == ["royalty"]
+
+
+def test_a_significant_neuron_with_negative_selectivity_gets_no_label_from_that_concept(tmp_path):
+    """`significant` takes its direction from the cells' test and the selectivity from the
+    examples; near 0 they can disagree (seen on a real MiniLM run). Such a row is not
+    evidence for the concept, and labelling the model still works."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from report_fixtures import ModelSpec, build_store
+
+    build_store(tmp_path / "store", [ModelSpec("gpt2", 2, 32, concepts=["royalty", "negation"])],
+                n_pos=12, n_neg=12)
+    store = Store(tmp_path / "store")
+    parts = {"model": "gpt2", "concept": "royalty"}
+    t = read_table(store, "scores", parts)
+    sig = pc.and_(t["significant"], pc.invert(t["lexical"])).to_numpy(zero_copy_only=False)
+    only = np.flatnonzero(sig)[0]
+    sel = t["selectivity"].to_numpy().copy()
+    sel[only] = -0.01
+    t = t.set_column(t.schema.get_field_index("selectivity"), "selectivity", pa.array(sel, t["selectivity"].type))
+    store.write_partition("scores", parts, t, key="flipped", run_id="flipped")
+    labels = label.label_model(store, "gpt2", run_id="labels", force=True)
+    assert labels is not None and labels.num_rows > 0
+    got = {(r["layer"], r["neuron"]): r["concepts"] for r in labels.to_pylist()}
+    who = (int(t["layer"][only].as_py()), int(t["neuron"][only].as_py()))
+    assert "royalty" not in got.get(who, [])
