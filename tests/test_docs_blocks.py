@@ -90,6 +90,8 @@ def _make_targets() -> set[str]:
 def _check_command(argv: list[str], where: str, docs_dir: Path, monkeypatch) -> None:
     from neurolens.cli import build_parser, main
 
+    while argv and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", argv[0]):   # `VAR=value command`: the command
+        argv = argv[1:]
     prog = argv[0]
     if prog == "make":
         targets = [a for a in argv[1:] if "=" not in a and not a.startswith("-")]
