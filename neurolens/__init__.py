@@ -16,7 +16,7 @@ from neurolens.errors import (
     ConfigError, ModelError, NeuroLensError, ProbeError, QueryError, ReportError, StoreError,
 )
 
-_API = ("Finding", "Model", "Probes", "Store", "SweepResult", "find", "load", "sweep")
+_API = ("Finding", "Model", "Probes", "Store", "SweepResult", "find", "load", "scan", "sweep")
 
 __all__ = ["ConfigError", "ModelError", "NeuroLensError", "ProbeError", "QueryError", "ReportError",
            "StoreError", *_API]

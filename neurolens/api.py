@@ -273,16 +273,18 @@ class Model:
 
     def scan(self, corpus: str | PathLike = "wordnet", *, tokens: int | None = None,
              layers: Sequence[int] | None = None, out: PathLike | None = None, k: int = 20,
-             length: int = 64, batch_size: int = 16, words: Sequence[str] = (),
-             progress: bool | None = None) -> Any:
+             length: int = 64, batch_size: int = 16, words: Sequence[str] = (), shards: int | None = None,
+             progress: bool | None = None, executor: str = "inprocess", address: str | None = None) -> Any:
         """Scan every neuron of `layers` (default all) over a corpus (`wordnet`, a file or a
         folder): top excerpts, interval samples, histograms, logit effects and the corpus evidence
-        of the concepts the store has ranked. Resumes where a killed scan stopped."""
+        of the concepts the store has ranked. Resumes where a killed scan stopped.
+        `executor="ray"` scans the shards on the Ray cluster at `address` (default: a local one)."""
         from neurolens.scans import scan
 
         return scan(self.adapter, os.fspath(corpus), tokens=tokens, layers=list(layers) if layers else None,
                     out=None if out is None else str(out_dir(out)), k=k, length=length,
-                    batch_size=batch_size, words=list(words), progress=progress)
+                    batch_size=batch_size, shards=shards, words=list(words), progress=progress,
+                    executor=executor, address=address)
 
     def neuron(self, layer: int, neuron: int, *, corpus: str | None = None,
                out: PathLike | None = None) -> NeuronPage:
@@ -316,6 +318,11 @@ def find(model: str | PathLike | Model, concept: str | PathLike | ProbeSet, **kw
     return (model if isinstance(model, Model) else load(model)).find(concept, **kw)
 
 
+def scan(model: str | PathLike | Model, corpus: str | PathLike = "wordnet", **kw: Any) -> Any:
+    """`load(model).scan(corpus, ...)`; a Model is used as it is."""
+    return (model if isinstance(model, Model) else load(model)).scan(corpus, **kw)
+
+
 def run_config(cfg: Any, *, adapter: Any = None, probes: ProbeSet | None = None, bars: Any = None,
                progress: bool | None = None) -> Finding | None:
     """One pipeline run from a RunConfig (what `neurolens run` does); None on a non-main shard."""
@@ -333,4 +340,4 @@ def run_config(cfg: Any, *, adapter: Any = None, probes: ProbeSet | None = None,
                    list(res.skipped), dict(res.seconds), res.note, res.baseline)
 
 
-__all__ = ["Finding", "Model", "NeuronPage", "Probes", "Store", "as_probes", "find", "load", "run_config"]
+__all__ = ["Finding", "Model", "NeuronPage", "Probes", "Store", "as_probes", "find", "load", "run_config", "scan"]

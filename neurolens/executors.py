@@ -1,10 +1,16 @@
-"""Where a sweep's pairs run: in this process (the default), or over a Ray cluster.
+"""Where a sweep's pairs and a corpus scan's shards run: in this process (the default), or
+over a Ray cluster.
 
 The Ray executor keeps one actor per model, so a model is loaded once for all its concepts;
 each pair is one task (a method call) on that actor. A worker that dies mid-pair (a lost
 node, `kill -9`) is restarted by Ray and the pair retried: the stages the dead attempt
 committed are reused from the store and the rest redone, so the tables equal an
 undisturbed run's. Progress and the summary table stay in the driver.
+
+A corpus scan on Ray is one task per pending shard: the worker process loads the model as
+the driver did (kept for its next shard), computes the shard's states with the driver's
+calibration edges and returns them; the driver saves each shard's file and merges them in
+shard order, exactly as the in-process scan does.
 """
 from __future__ import annotations
 
@@ -179,4 +185,109 @@ def run_pairs_ray(models: Sequence[str], concepts: Sequence[str], modality_of: d
             raise stop
 
 
-__all__ = ["EXECUTORS", "check_executor", "init_ray", "run_pairs_ray"]
+# -- corpus scans: one task per shard -----------------------------------------------------
+_LOADED: dict[tuple, tuple[Any, tuple[str, str]]] = {}   # in a worker process: its last model
+
+
+def _identity(adapter: Any) -> tuple[str, str]:
+    """What a shard's numbers depend on besides its input: the weights and the kernels
+    (with the thread count) the model computes with."""
+    import json
+
+    from neurolens.engine.runtime.extract import model_sha
+    from neurolens.engine.runtime.fast import choices
+
+    return model_sha(adapter), json.dumps(choices(adapter.model), sort_keys=True)
+
+
+def _differs(got: tuple[str, str], want: tuple[str, str]) -> str:
+    import json
+
+    if got[0] != want[0]:
+        return f"with other weights (model sha {got[0]}, here {want[0]})"
+    a, b = json.loads(got[1]), json.loads(want[1])
+    return "with other kernels (" + ", ".join(f"{k} {a.get(k)} there, {b.get(k)} here"
+                                              for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)) + ")"
+
+
+def _scan_shard(ref: str, load: dict[str, Any], threads: int, ex: Any, layers: list[int], edges: dict,
+                settings: Any, index: Any) -> tuple:
+    """On a worker: one shard's states, computed by `scan_states` as the in-process scan does,
+    on the model loaded as the driver loaded it (once per worker process)."""
+    import torch
+
+    from neurolens.engine.models import registry
+    from neurolens.engine.runtime.scan import scan_states
+
+    torch.set_num_threads(max(1, threads))
+    key = (ref, tuple(sorted(load.items())))
+    try:
+        if key not in _LOADED:
+            _LOADED.clear()
+            adapter = registry.load(ref, **load)
+            _LOADED[key] = adapter, _identity(adapter)
+        adapter, ident = _LOADED[key]
+        states = scan_states(adapter, ex, layers, edges, settings, index)
+    except NeuroLensError as e:   # crosses the process boundary as a plain message
+        return "error", first_line(e)
+    return ident, {l: st.state_dict() for l, st in states.items()}
+
+
+def scan_shards_ray(adapter: Any, address: str | None = None) -> Callable[..., Any]:
+    """A shard runner for `run_scan` over the Ray cluster at `address` (default: a local one):
+    every pending shard one task, each on `adapter`'s device kind and dtype and with this
+    process's thread count, so the workers' fp32 sums run as they would here."""
+    import ray
+    import torch
+
+    from neurolens.errors import ModelError
+
+    if getattr(adapter.model, "hf_device_map", None):
+        raise ConfigError(f"{adapter.name} is spread over devices by a device map: a scan on Ray "
+                          "loads the model whole on each worker (use --executor inprocess)")
+    init_ray(address)
+    gpu = adapter.device.type == "cuda"
+    threads = torch.get_num_threads()
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if gpu and not any(r.get("GPU", 0) >= 1 for r in nodes):
+        raise ConfigError(f"the Ray cluster at {address or 'local'} has no GPU for a scan on {adapter.device}")
+    cpus = 0 if gpu else max(1, min(threads, int(max((r.get("CPU", 1) for r in nodes), default=1))))
+    env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARD)}
+    env.update({v: str(threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")})
+    task = ray.remote(_scan_shard).options(num_cpus=cpus, num_gpus=1 if gpu else 0, max_retries=3,
+                                           runtime_env={"env_vars": env})
+    load = {"device": "cuda" if gpu else "cpu", "dtype": str(adapter.dtype).removeprefix("torch.")}
+    want = _identity(adapter)
+
+    def run(ex: Any, layers: list[int], edges: dict, s: Any, shards: list, progress: Any):
+        ex_ref = ray.put(ex)
+        edges_ref = ray.put({l: tuple(t.cpu() for t in e) for l, e in edges.items()})
+        refs = {task.remote(adapter.ref, load, threads, ex_ref, layers, edges_ref, s, idx): (i, idx)
+                for i, idx in shards}
+        try:
+            while refs:
+                ready, _ = ray.wait(list(refs), num_returns=1)
+                i, idx = refs.pop(ready[0])
+                try:
+                    ident, states = ray.get(ready[0])
+                except ray.exceptions.RayTaskError:
+                    raise   # a bug: its traceback
+                except ray.exceptions.RayError as e:   # retries spent: the saved shards stay
+                    raise NeuroLensError(f"shard {i} of the scan failed on Ray ({first_line(e)}); the "
+                                         "shards finished are saved: run the same command to resume") from None
+                if ident == "error":
+                    raise ModelError(f"on a Ray worker: {states}")
+                if ident != want:
+                    raise ConfigError(f"a Ray worker computes {adapter.name} {_differs(ident, want)} than this "
+                                      "process: its shards would not equal an in-process scan")
+                if progress:
+                    progress(int(ex.lengths[idx].sum()))
+                yield i, states
+        finally:
+            for r in refs:
+                ray.cancel(r)
+
+    return run
+
+
+__all__ = ["EXECUTORS", "check_executor", "init_ray", "run_pairs_ray", "scan_shards_ray"]

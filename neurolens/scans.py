@@ -41,8 +41,13 @@ class ScanResult:
 def scan(adapter: Any, corpus: str = DEFAULT_CORPUS, *, tokens: int | None = None,
          layers: list[int] | None = None, out: str | None = None, k: int = 20, length: int = 64,
          batch_size: int = 16, shards: int | None = None, words: list[str] | None = None,
-         bars: Bars | None = None, progress: bool | None = None) -> ScanResult:
+         bars: Bars | None = None, progress: bool | None = None, executor: str = "inprocess",
+         address: str | None = None) -> ScanResult:
+    """Scan every neuron of `layers` over `corpus` into the store at `out`. `executor="ray"`
+    computes the shards on the Ray cluster at `address` (default: a local one), one task per
+    shard; the tables equal the in-process scan's, and a scan resumes across executors."""
     from neurolens.engine.runtime.scan import ScanSettings, run_scan
+    from neurolens.executors import check_executor
     from neurolens.probes.corpora import cut, load_corpus
     from neurolens.store import Store
 
@@ -54,12 +59,20 @@ def scan(adapter: Any, corpus: str = DEFAULT_CORPUS, *, tokens: int | None = Non
         from neurolens.errors import ModelError
 
         raise ModelError(f"{adapter.name} is a vision model: corpus scans read text")
+    check_executor(executor)
+    if address and executor != "ray":
+        raise ConfigError("--address is for --executor ray")
     layers = adapter.check_layers(layers)
     c = load_corpus(corpus)
     ex = cut(c, adapter.processor, length=length, max_tokens=tokens)
     store = Store(store_dir(out))
     store.ensure()
     s = ScanSettings(k=k, batch_size=batch_size)
+    runner = None
+    if executor == "ray":
+        from neurolens.executors import scan_shards_ray
+
+        runner = scan_shards_ray(adapter, address)
     t0 = time.perf_counter()
     own = bars is None
     bars = bars or Bars(enabled=progress)
@@ -67,7 +80,8 @@ def scan(adapter: Any, corpus: str = DEFAULT_CORPUS, *, tokens: int | None = Non
         bars.__enter__()
     try:
         with bars.stage(f"scan {adapter.name} · {ex.corpus}", ex.n_tokens) as tick:
-            r = run_scan(adapter, ex, store, layers=layers, settings=s, n_shards=shards, progress=tick)
+            r = run_scan(adapter, ex, store, layers=layers, settings=s, n_shards=shards, progress=tick,
+                         runner=runner)
         secs = time.perf_counter() - t0
         lfx = write_logit_effects(adapter, store, layers)
         ev = write_evidence(store, adapter, ex, model=adapter.name, corpus=ex.corpus, words=words or [])

@@ -89,9 +89,11 @@ def run_pairs(models: Sequence[str], concepts: Sequence[str], modality_of: dict[
 
 def scan_models(models: Sequence[str], bars: Any, done: list[Outcome], *, corpus: str = "wordnet",
                 tokens: int | None = None, layers: Sequence[int] | None = None, dtype: str = "float32",
-                device: str | None = None, out: PathLike | None = None) -> None:
+                device: str | None = None, out: PathLike | None = None, executor: str = "inprocess",
+                address: str | None = None) -> None:
     """`--scan`: each model over the corpus (resumable like the pairs), after its pairs, so the
-    corpus evidence covers every concept ranked for it. Failures are recorded, not raised."""
+    corpus evidence covers every concept ranked for it; its shards on the sweep's executor.
+    Failures are recorded, not raised."""
     from neurolens.engine.models import registry
     from neurolens.scans import scan
 
@@ -102,7 +104,7 @@ def scan_models(models: Sequence[str], bars: Any, done: list[Outcome], *, corpus
                 done.append(Outcome(adapter.name, f"scan:{corpus}", "skipped", "a vision model: scans read text"))
                 continue
             r = scan(adapter, corpus, tokens=tokens, layers=list(layers) if layers else None,
-                     out=None if out is None else str(out), bars=bars)
+                     out=None if out is None else str(out), bars=bars, executor=executor, address=address)
             done.append(Outcome(r.model, f"scan:{r.corpus}", "ran" if r.scanned else "skipped",
                                 f"{r.tokens:,} tokens, {len(r.scanned)} layers scanned now; evidence for "
                                 f"{', '.join(r.evidence) or 'no ranked concept'}"))
@@ -252,7 +254,7 @@ def sweep(models: str | Iterable[str], concepts: str | Iterable[str] = "all", *,
                                    device_map=device_map, max_memory=max_memory, out=outdir, findings=findings)
         if scan:
             scan_models(ms, bars, done, corpus=corpus, tokens=scan_tokens, layers=layers, dtype=dtype,
-                        device=device, out=outdir)
+                        device=device, out=outdir, executor=executor, address=address)
     index = None
     if report and any(o.status != "failed" for o in done):
         from neurolens.reporting import render_set

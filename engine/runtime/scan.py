@@ -14,9 +14,10 @@ import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -147,12 +148,38 @@ def default_shards(ex: Excerpts) -> int:
     return int(min(32, max(1, ex.n_tokens // 100_000)))
 
 
+#: a shard's index and the excerpt indices it holds
+Shard = tuple[int, np.ndarray]
+
+
+class ShardRunner(Protocol):
+    """Computes the pending shards' states with the driver's `edges` and yields each shard
+    once, in any order, as (shard index, {layer: ScanState or its state_dict}); `progress`
+    gets the tokens scanned. Where the work runs (this process, a cluster) is the runner's."""
+
+    def __call__(self, ex: Excerpts, layers: list[int], edges: dict, s: ScanSettings,
+                 shards: list[Shard], progress: Callable[[int], None] | None
+                 ) -> Iterable[tuple[int, Mapping[int, ScanState | dict]]]: ...
+
+
+def in_process(adapter: Adapter) -> ShardRunner:
+    """The default runner: the shards one after another on `adapter`, in shard order."""
+    def run(ex: Excerpts, layers: list[int], edges: dict, s: ScanSettings, shards: list[Shard],
+            progress: Callable[[int], None] | None) -> Iterator[tuple[int, dict[int, ScanState]]]:
+        for i, idx in shards:
+            yield i, scan_states(adapter, ex, layers, edges, s, idx, progress)
+    return run
+
+
 def run_scan(adapter: Adapter, ex: Excerpts, store: Store, *, layers: Sequence[int],
              settings: ScanSettings | None = None, n_shards: int | None = None,
              progress: Callable[[int], None] | None = None,
-             on_shard: Callable[[int], None] | None = None) -> dict:
+             on_shard: Callable[[int], None] | None = None, runner: ShardRunner | None = None) -> dict:
     """Scan `layers` (those not yet published for this corpus and key), shard by shard with each
-    shard's states saved, then merge and publish corpus_top and neuron_stats per layer."""
+    shard's states saved as it arrives, then merge in shard order and publish corpus_top and
+    neuron_stats per layer. `runner` computes the shards that have no saved state (default: in
+    this process); whichever computed a shard, its file is the same, so a scan resumes across
+    runners."""
     s = settings or ScanSettings()
     if adapter.modality != "text":
         raise ModelError(f"{adapter.name} is a vision model: corpus scans read text")
@@ -178,21 +205,38 @@ def run_scan(adapter: Adapter, ex: Excerpts, store: Store, *, layers: Sequence[i
     else:
         edges = calibrate(adapter, ex, todo, s)
         _save(edges, edges_f)
+    shards = shard_ranges(len(ex), n_shards)
+    files = [work / f"shard-{i:04d}.pt" for i in range(len(shards))]
+    pending = [(i, idx) for i, idx in enumerate(shards) if not files[i].exists()]
+    saved = {i for i, f in enumerate(files) if f.exists()}
+    runs = iter((runner or in_process(adapter))(ex, todo, edges, s, pending, progress) if pending else ())
+    arrived: dict[int, Mapping[int, ScanState | dict]] = {}   # computed ahead of their turn
     tokens = 0
     merged: dict[int, ScanState] | None = None
-    for i, idx in enumerate(shard_ranges(len(ex), n_shards)):
-        f = work / f"shard-{i:04d}.pt"
-        if f.exists():
-            got = {l: ScanState.from_state_dict(d, adapter.device) for l, d in torch.load(f).items()}
-            if progress:
-                progress(int(ex.lengths[idx].sum()))
-        else:
-            got = scan_states(adapter, ex, todo, edges, s, idx, progress)
-            _save({l: st.state_dict() for l, st in got.items()}, f)
-            tokens += int(ex.lengths[idx].sum())
-        merged = got if merged is None else {l: merged[l].merge(got[l]) for l in todo}
-        if on_shard:
-            on_shard(i)
+    try:
+        for i, idx in enumerate(shards):
+            if i in saved:
+                got = {l: ScanState.from_state_dict(d, adapter.device) for l, d in torch.load(files[i]).items()}
+                if progress:
+                    progress(int(ex.lengths[idx].sum()))
+            else:
+                while i not in arrived:
+                    j, states = next(runs, (None, None))
+                    if j is None:
+                        raise RuntimeError(f"the shard runner ended without shard {i}")
+                    _save({l: st.state_dict() if isinstance(st, ScanState) else st for l, st in states.items()},
+                          files[j])
+                    tokens += int(ex.lengths[shards[j]].sum())
+                    arrived[j] = states
+                got = {l: st if isinstance(st, ScanState) else ScanState.from_state_dict(st, adapter.device)
+                       for l, st in arrived.pop(i).items()}
+            merged = got if merged is None else {l: merged[l].merge(got[l]) for l in todo}
+            if on_shard:
+                on_shard(i)
+    finally:
+        close = getattr(runs, "close", None)
+        if close:
+            close()   # a runner stops (cancels) what it still runs
     assert merged is not None
     for l in todo:
         st = merged[l]

@@ -25,6 +25,12 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                    help="the dtype the model runs in (default float32)")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--executor", default="inprocess", choices=("inprocess", "ray"),
+                   help="where the shards are scanned: this process (default), or a Ray cluster, one "
+                        "task per shard (see docs/scans.md)")
+    p.add_argument("--address", default=None,
+                   help="with --executor ray: the cluster to join (host:port or auto); "
+                        "default: start a local one")
     p.add_argument("--out", default=None, help="output folder (default $NEUROLENS_OUT or ./neurolens-out)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -38,10 +44,17 @@ def run(args: argparse.Namespace) -> int:
 
     if args.shards is not None and args.shards < 1:
         raise ConfigError(f"--shards must be at least 1, got {args.shards}")
+    if args.address and args.executor != "ray":
+        raise ConfigError("--address is for --executor ray")
+    if args.address:
+        from neurolens.executors import init_ray
+
+        init_ray(args.address)   # a cluster that does not answer fails before the model loads
     adapter = registry.load(args.model, device=args.device, dtype=args.dtype)
     r = scan(adapter, args.corpus, tokens=args.tokens, layers=args.layers, out=args.out, k=args.top_k,
              length=args.length, batch_size=args.batch_size, shards=args.shards,
-             words=[w for w in (args.words or "").split(",") if w], progress=False if args.quiet else None)
+             words=[w for w in (args.words or "").split(",") if w], progress=False if args.quiet else None,
+             executor=args.executor, address=args.address)
     c = Console()
     c.print(f"scanned {r.model} over {r.corpus}: {r.tokens} tokens in {r.excerpts} excerpts, layers "
             f"{r.layers[0]}..{r.layers[-1]} ({len(r.scanned)} scanned now) in {r.seconds:.1f} s "

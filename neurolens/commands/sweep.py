@@ -78,7 +78,8 @@ def sweep(args: argparse.Namespace, bars, done: list[Outcome]) -> None:
         from neurolens.sweeps import scan_models
 
         scan_models(models, bars, done, corpus=args.corpus, tokens=args.scan_tokens, layers=args.layers,
-                    dtype=args.dtype, device=args.device, out=args.out)
+                    dtype=args.dtype, device=args.device, out=args.out, executor=executor,
+                    address=getattr(args, "address", None))
 
 
 def summary_table(outcomes: list[Outcome]):
