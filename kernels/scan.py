@@ -21,11 +21,16 @@ corpus length):
 
 `merge(a, b)` is exact for every integer field and for top/bottom-k and samples; the float64
 moments are merged by Chan's formula (equal to a one-pass reference to ~1e-12).
+
+`update` has two backends that give the same state: on CPU tensors one fused numba pass per
+batch (kernels/_scan_numba.py: each activation read once, top-k offers filtered against the
+k-th entry, no sort); on CUDA the torch ops below (masked max, gather, bincount, sorts).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+import numpy as np
 import torch
 
 MASK31 = (1 << 31) - 1
@@ -134,9 +139,61 @@ class ScanState:
     # -- one batch --------------------------------------------------------------------------
     @torch.no_grad()
     def update(self, acts: torch.Tensor, ex_ids: torch.Tensor, valid: torch.Tensor | None = None,
-               gate: torch.Tensor | None = None, up: torch.Tensor | None = None) -> None:
+               gate: torch.Tensor | None = None, up: torch.Tensor | None = None, *,
+               backend: str = "auto") -> None:
         """Fold in a batch of excerpts: acts [E, T, N] (any float dtype), excerpt ids [E],
-        valid [E, T] (real tokens; default all), and for gated MLPs gate/up [E, T, N]."""
+        valid [E, T] (real tokens; default all), and for gated MLPs gate/up [E, T, N].
+
+        backend: "numba" (one fused pass, CPU tensors), "torch" (any device) or "auto" (numba
+        for a CPU tensor, torch otherwise). Both give the same state: identical integers, ids,
+        positions and values; moments equal to a float64 reference."""
+        if backend == "auto":
+            backend = "numba" if acts.device.type == "cpu" else "torch"
+        if backend == "numba":
+            self._update_numba(acts, ex_ids, valid, gate, up)
+        elif backend == "torch":
+            self._update_torch(acts, ex_ids, valid, gate, up)
+        else:
+            raise ValueError(f"unknown scan backend {backend!r} (auto, numba, torch)")
+
+    def _update_numba(self, acts: torch.Tensor, ex_ids: torch.Tensor, valid: torch.Tensor | None,
+                      gate: torch.Tensor | None, up: torch.Tensor | None) -> None:
+        from ._scan_numba import fold_batch
+
+        if acts.device.type != "cpu" or self.lo.device.type != "cpu":
+            raise ValueError("the numba scan backend reads CPU tensors only (use backend='torch')")
+        self.flush()                                   # candidates left by the torch backend
+        self._make_contiguous()
+        x = acts.detach().float().contiguous().numpy()
+        e_n, t_n, n = x.shape
+        ok = (np.ones((e_n, t_n), dtype=np.bool_) if valid is None
+              else valid.detach().cpu().bool().contiguous().numpy())
+        ex = ex_ids.detach().cpu().long().contiguous().numpy()
+        with_signs = self.gated and gate is not None and up is not None
+        g = gate.detach().float().contiguous().numpy() if with_signs else x
+        u = up.detach().float().contiguous().numpy() if with_signs else x
+        top = [getattr(self, f"top_{f}").numpy() for f in ("val", "ex", "pos", "win", "start")]
+        bot = [getattr(self, f"bot_{f}").numpy() for f in ("val", "ex", "pos", "win", "start")] \
+            if self.gated else top
+        signs = self.signs.numpy() if self.signs is not None else np.zeros((1, 4), dtype=np.int64)
+        mb, m2b = np.empty(n), np.empty(n)
+        m = int(fold_batch(x, ok, ex, self.lo.numpy(), self.scale.numpy(), self.gated, g, u, with_signs,
+                           mb, m2b, self.active.numpy(), self.hist.numpy(), self.hist_max.numpy(), *top, *bot,
+                           self.s_key.numpy(), self.s_val.numpy(), self.s_ex.numpy(), self.s_pos.numpy(),
+                           signs))
+        self._merge_moments(m, torch.from_numpy(mb), torch.from_numpy(m2b))
+        self.n_tokens += m
+        self.n_excerpts += e_n
+
+    def _make_contiguous(self) -> None:
+        """The numba backend writes the state's tensors in place through numpy views."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor) and not v.is_contiguous():
+                setattr(self, f.name, v.contiguous())
+
+    def _update_torch(self, acts: torch.Tensor, ex_ids: torch.Tensor, valid: torch.Tensor | None,
+                      gate: torch.Tensor | None, up: torch.Tensor | None) -> None:
         x = acts.float()
         e_n, t_n, n = x.shape
         dev = x.device
