@@ -4,8 +4,9 @@ The job: excerpts of 64 tokens of a seeded random GPT-2-small (12 x 3072 neurons
 synthetic text, batch 16.
 
 * scan: ``scan_states`` (engine/runtime/scan.py) over every layer: top-k (k=20) excerpts with
-  windows, histograms, moments, interval samples, all on the device; the one pass a
-  ``neurolens scan`` makes (table writing excluded: it is per layer, once, after the pass).
+  windows, histograms, moments, interval samples, folded in on the device (on CPU by the fused
+  numba pass of kernels/_scan_numba.py); the one pass a ``neurolens scan`` makes (table writing
+  excluded: it is per layer, once, after the pass).
 * bare: the same batches through the model, no hooks (the limit).
 * peer: TransformerLens ``run_with_cache`` on every ``blocks.L.mlp.hook_post`` of the same
   dims, keeping a per-neuron running top-k of excerpt maxima (the Neuroscope approach:
@@ -16,6 +17,8 @@ synthetic text, batch 16.
 Each job runs in a fresh process (common.measure_job); throughput = tokens / seconds of the pass.
 
     python benchmarks/bench_scan.py [--smoke]     # or: python -m benchmarks --only scan
+    (full size on 2 CPU cores: well over an hour, most of it the 1M-token scan; pass
+    ``--timeout 14400`` to ``python -m benchmarks``)
 """
 from __future__ import annotations
 
@@ -140,7 +143,9 @@ def run(smoke: bool = False) -> dict:
                                                       tokens=cfg["tokens"], **kw))
                 else:
                     rows[j].append(common.measure_job(f"{MODULE}:{j}_job", ckpt=ckpt, tokens=cfg["tokens"], **kw))
-        rows["scan_big"].append(common.measure_job(f"{MODULE}:scan_job", ckpt=ckpt, tokens=cfg["big"], **kw))
+        # the big scan is a forward over 1M tokens: about 45 min of GPT-2-small on 2 CPU cores
+        rows["scan_big"].append(common.measure_job(f"{MODULE}:scan_job", timeout=max(1800.0, cfg["big"] / 100),
+                                                   ckpt=ckpt, tokens=cfg["big"], **kw))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     tps = {j: common.median([x["tokens"] / x["seconds"] for x in rs]) for j, rs in rows.items() if rs}
