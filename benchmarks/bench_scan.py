@@ -17,8 +17,8 @@ synthetic text, batch 16.
 Each job runs in a fresh process (common.measure_job); throughput = tokens / seconds of the pass.
 
     python benchmarks/bench_scan.py [--smoke]     # or: python -m benchmarks --only scan
-    (full size on 2 CPU cores: well over an hour, most of it the 1M-token scan; pass
-    ``--timeout 14400`` to ``python -m benchmarks``)
+    (full size on 2 CPU cores: hours, most of it the 1M-token scan; give the runner a
+    ``--timeout`` to match, e.g. ``python -m benchmarks --only scan --timeout 36000``)
 """
 from __future__ import annotations
 
@@ -121,6 +121,12 @@ def peer_job(job, model: dict, tokens: int, length: int, batch_size: int, n_word
     job.done(tokens=int(ids.numel()), device=common.device_name(dev))
 
 
+def _timeout(tokens: int) -> float:
+    """A job's limit: a hang, not a slow machine (GPT-2-small's forward on 2 shared CPU cores
+    runs at 100-400 tokens/s, TransformerLens's at a quarter of that)."""
+    return max(1800.0, tokens / 25)
+
+
 def have_peer() -> str | None:
     return None if importlib.util.find_spec("transformer_lens") else "transformer_lens is not installed (extra: peer)"
 
@@ -139,12 +145,12 @@ def run(smoke: bool = False) -> dict:
                 if j == "peer" and skip:
                     continue
                 if j == "peer":
-                    rows[j].append(common.measure_job(f"{MODULE}:peer_job", model=cfg["model"],
-                                                      tokens=cfg["tokens"], **kw))
+                    rows[j].append(common.measure_job(f"{MODULE}:peer_job", timeout=_timeout(cfg["tokens"]),
+                                                      model=cfg["model"], tokens=cfg["tokens"], **kw))
                 else:
-                    rows[j].append(common.measure_job(f"{MODULE}:{j}_job", ckpt=ckpt, tokens=cfg["tokens"], **kw))
-        # the big scan is a forward over 1M tokens: about 45 min of GPT-2-small on 2 CPU cores
-        rows["scan_big"].append(common.measure_job(f"{MODULE}:scan_job", timeout=max(1800.0, cfg["big"] / 100),
+                    rows[j].append(common.measure_job(f"{MODULE}:{j}_job", timeout=_timeout(cfg["tokens"]),
+                                                      ckpt=ckpt, tokens=cfg["tokens"], **kw))
+        rows["scan_big"].append(common.measure_job(f"{MODULE}:scan_job", timeout=_timeout(cfg["big"]),
                                                    ckpt=ckpt, tokens=cfg["big"], **kw))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
