@@ -132,7 +132,7 @@ def neurolens_job(job, ckpt: str, n_words: int, n_examples: int, n_tokens: int, 
 
     from neurolens.engine.models import registry
     from neurolens.engine.runtime.extract import pooled_activations
-    from neurolens.kernels import ScoreAccumulator
+    from neurolens.numerics import ScoreAccumulator
 
     job.imported()
     adapter = registry.load(ckpt, device="auto", dtype=dtype)

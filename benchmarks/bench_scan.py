@@ -5,7 +5,7 @@ synthetic text, batch 16.
 
 * scan: ``scan_states`` (engine/runtime/scan.py) over every layer: top-k (k=20) excerpts with
   windows, histograms, moments, interval samples, folded in on the device (on CPU by the fused
-  numba pass of kernels/_scan_numba.py); the one pass a ``neurolens scan`` makes (table writing
+  numba pass of numerics/_scan_numba.py); the one pass a ``neurolens scan`` makes (table writing
   excluded: it is per layer, once, after the pass).
 * bare: the same batches through the model, no hooks (the limit).
 * peer: TransformerLens ``run_with_cache`` on every ``blocks.L.mlp.hook_post`` of the same

@@ -96,7 +96,7 @@ class PeakRSS:
 
 def contender(layers, y, groups=None):
     """Scores of every neuron; ``groups=None`` is the example-level test (Welch on examples)."""
-    from neurolens.kernels import ScoreAccumulator
+    from neurolens.numerics import ScoreAccumulator
 
     acc = ScoreAccumulator(backend="numba")
     for layer, x in enumerate(layers):
@@ -106,7 +106,7 @@ def contender(layers, y, groups=None):
 
 def group_test_only(layers, y, groups):
     """Only the group-level p-values: cell means (numba) and the t-test on them."""
-    from neurolens.kernels.groups import cell_means, group_test, make_design
+    from neurolens.numerics.groups import cell_means, group_test, make_design
 
     d = make_design(y, groups)
     return [group_test(cell_means(x, d), d)["p"] for x in layers]
@@ -114,7 +114,7 @@ def group_test_only(layers, y, groups):
 
 def peer_probe(layers, y, k: int):
     """The elastic-net peer ranking: keep the best k columns by probeless score, fit."""
-    from neurolens.kernels.peers import TopColumns, elastic_net_weights, probeless_score
+    from neurolens.numerics.peers import TopColumns, elastic_net_weights, probeless_score
 
     top = TopColumns(k)
     for layer, x in enumerate(layers):

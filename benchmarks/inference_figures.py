@@ -19,7 +19,7 @@ import numpy as np
 
 def figures(concept: str, out: str) -> dict:
     from neurolens.score import example_arrays, inference
-    from neurolens.kernels import ScoreAccumulator
+    from neurolens.numerics import ScoreAccumulator
     from neurolens.pipeline import RunConfig, run
     from neurolens.probes import load_concept
     from neurolens.store import Store, read_layer, read_table

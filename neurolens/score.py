@@ -11,8 +11,8 @@ import pyarrow as pa
 
 from neurolens.constants import ALPHA
 from neurolens.engine.models.naming import depth
-from neurolens.kernels import ScoreAccumulator, make_design, min_attainable_p
-from neurolens.kernels.peers import PROBE_K
+from neurolens.numerics import ScoreAccumulator, make_design, min_attainable_p
+from neurolens.numerics.peers import PROBE_K
 from neurolens.probes.types import ProbeSet
 from neurolens.store import SCHEMAS, Store, read_layer
 

@@ -1,4 +1,4 @@
-"""A brute-force numpy reference for kernels/scan.py: materialise every activation, then
+"""A brute-force numpy reference for numerics/scan.py: materialise every activation, then
 sort, count and hash the whole array at once."""
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ import pytest
 from scipy import stats
 
 from neurolens.constants import EFFECT_GATE
-from neurolens.kernels import ScoreAccumulator, score_chunk
-from neurolens.kernels.scoring import finalize
+from neurolens.numerics import ScoreAccumulator, score_chunk
+from neurolens.numerics.scoring import finalize
 
 
 def _paired(G, per, m, seed):

@@ -103,7 +103,7 @@ def test_plain_strings_random_split_null(plain_probe):
 @pytest.mark.parametrize("backend", ["numba", "torch"])
 def test_cell_design_equals_scipy_welch_on_cell_means(subject_probe, backend):
     from neurolens.score import example_arrays
-    from neurolens.kernels import ScoreAccumulator
+    from neurolens.numerics import ScoreAccumulator
     from neurolens.probes import load_probes
 
     out, res = subject_probe

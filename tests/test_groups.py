@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from neurolens.kernels import ScoreAccumulator, make_design, min_attainable_p, score_chunk, score_test
+from neurolens.numerics import ScoreAccumulator, make_design, min_attainable_p, score_chunk, score_test
 
 BACKENDS = ["numba", "torch"]
 
@@ -113,7 +113,7 @@ def test_elastic_net_equals_sklearn(case):
     equal to its saga run to a tight tolerance, in float64."""
     from sklearn.linear_model import LogisticRegression
 
-    from neurolens.kernels.peers import C, L1_RATIO, elastic_net_weights
+    from neurolens.numerics.peers import C, L1_RATIO, elastic_net_weights
 
     rng = np.random.default_rng(3)
     n, k = 240, 60
@@ -140,7 +140,7 @@ def test_elastic_net_equals_sklearn(case):
 
 
 def test_elastic_net_degenerate():
-    from neurolens.kernels.peers import elastic_net_weights
+    from neurolens.numerics.peers import elastic_net_weights
 
     x = np.random.default_rng(0).standard_normal((20, 4))
     assert (elastic_net_weights(x, np.ones(20, int)) == 0).all()          # one class only

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
 
-from neurolens.kernels import (
+from neurolens.numerics import (
     CHUNK_COLUMNS, TABLE_COLUMNS, ScoreAccumulator, bh_qvalues, finalize, percentile_rank,
     score_chunk, welch_p,
 )
@@ -230,7 +230,7 @@ def test_top_columns_equal_a_full_sort_of_every_column():
     all columns at once (many ties, -inf scores, chunks smaller and larger than k)."""
     import torch
 
-    from neurolens.kernels.peers import TopColumns
+    from neurolens.numerics.peers import TopColumns
 
     rng = np.random.default_rng(3)
     for _ in range(200):

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SUBPACKAGES = ("probes", "engine", "kernels", "store", "queries", "reports")
+SUBPACKAGES = ("probes", "engine", "numerics", "store", "queries", "reports")
 #: folder -> the folders it may import (DESIGN "Layout"); `neurolens` is the package's face
 ALLOWED = {
     "probes": set(),
-    "kernels": set(),
+    "numerics": set(),
     "store": set(),
-    "engine": {"probes", "store", "kernels"},
+    "engine": {"probes", "store", "numerics"},
     "queries": {"store"},
     "reports": {"store", "queries"},
     "neurolens": {"neurolens", *SUBPACKAGES},
@@ -156,7 +156,7 @@ def test_leaf_modules_import_nothing_of_ours(leaf):
     ("engine", "def f():\n    import neurolens.queries\n"),          # inside a function too
     ("engine", "from neurolens import reports\n"),
     ("reports", "from neurolens.probes import load_image\n"),
-    ("store", "from neurolens.kernels import finalize\n"),
+    ("store", "from neurolens.numerics import finalize\n"),
     ("probes", "from neurolens.api import load\n"),
     ("queries", "from neurolens.config import store_dir\n"),          # the package face
 ])
@@ -166,10 +166,25 @@ def test_the_checker_catches_a_forbidden_import(folder, source):
 
 @pytest.mark.parametrize("folder, source", [
     ("engine", "from neurolens.store import Store\nfrom neurolens.probes.types import ProbeSet\n"),
-    ("kernels", "from neurolens.constants import ALPHA\nfrom neurolens.errors import ConfigError\n"),
+    ("numerics", "from neurolens.constants import ALPHA\nfrom neurolens.errors import ConfigError\n"),
     ("store", "from .layout import Store\nimport numpy\n"),
     ("reports", "from neurolens.queries import sql\n"),
     ("neurolens", "from neurolens.reports import render_set\n"),
 ])
 def test_the_checker_allows_what_the_layout_allows(folder, source):
     assert violations(folder, source) == []
+
+
+def test_no_folder_of_the_checkout_shadows_an_installed_package():
+    """Every package folder at the root of a checkout is importable under its bare name whenever
+    the checkout is on sys.path (`python -m ...`, a notebook started there), ahead of
+    site-packages: none may be the import name of an installed distribution (transformers
+    >= 5.25 installs and imports Hugging Face's `kernels`, which a `kernels/` folder hid)."""
+    import importlib.metadata as md
+
+    installed = md.packages_distributions()
+    ours = sorted(p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file())
+    assert "numerics" in ours and "engine" in ours
+    clashes = {name: installed[name] for name in ours
+               if name in installed and set(installed[name]) != {"neurolens"}}
+    assert clashes == {}, f"folders named like installed packages: {clashes}"

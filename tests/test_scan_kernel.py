@@ -1,11 +1,11 @@
-"""kernels/scan.py against a brute force that materialises every activation, and its merge."""
+"""numerics/scan.py against a brute force that materialises every activation, and its merge."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from neurolens.kernels.scan import EMPTY_KEY, ScanState, edges_from
+from neurolens.numerics.scan import EMPTY_KEY, ScanState, edges_from
 from tests.scan_reference import reference
 
 K, W, S, B = 5, 6, 3, 8

@@ -77,7 +77,7 @@ def test_scores_equal_references(minilm_run):
 def test_paired_design_both_backends_equal_scipy(minilm_run, backend):
     """Rescoring the stored activations with each kernel backend gives the scipy p and q."""
     from neurolens.score import example_arrays
-    from neurolens.kernels import ScoreAccumulator
+    from neurolens.numerics import ScoreAccumulator
     from neurolens.probes import load_concept
 
     out, res = minilm_run
@@ -99,7 +99,7 @@ def test_paired_design_both_backends_equal_scipy(minilm_run, backend):
 
 
 def test_shuffled_labels_null_control(minilm_run):
-    from neurolens.kernels import ScoreAccumulator
+    from neurolens.numerics import ScoreAccumulator
 
     out, res = minilm_run
     store = Store(out / "store")

@@ -39,7 +39,7 @@ def test_no_other_module_opens_sql_files():
     """Reading a .sql file anywhere but store/sql.py is a second loader."""
     opens = re.compile(r"""(\.sql["']|\*\.sql).*(read_text|open\(|glob)|(read_text|open\(|glob).*(\.sql["']|\*\.sql)""")
     found = []
-    for sub in ("neurolens", "engine", "kernels", "probes", "store", "queries", "reports"):
+    for sub in ("neurolens", "engine", "numerics", "probes", "store", "queries", "reports"):
         for py in (ROOT / sub).rglob("*.py"):
             if py == ROOT / "store" / "sql.py":
                 continue

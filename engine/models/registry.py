@@ -191,7 +191,7 @@ def load(name: str, *, device: str | None = None, dtype: str = "float32",
 
 
 def _fast(adapter: Adapter) -> Adapter:
-    """The model's layers on faster kernels of the same functions (`kernels.fast`)."""
+    """The model's layers on faster kernels of the same functions (`engine.runtime.fast`)."""
     from neurolens.engine.runtime.fast import use_fast_kernels
 
     use_fast_kernels(adapter.model)

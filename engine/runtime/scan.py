@@ -1,5 +1,5 @@
 """Corpus scan: stream excerpts through the model once, folding every batch into a per-layer
-`ScanState` on the device (kernels/scan.py), in memory bounded by k x neurons.
+`ScanState` on the device (numerics/scan.py), in memory bounded by k x neurons.
 
 The corpus is cut into shards; each shard's states are saved as it finishes, and the shards'
 states are merged in shard order, so a scan killed at any point resumes at its first
@@ -28,7 +28,7 @@ from neurolens.engine.models.adapters.gated import GatedDecoderAdapter
 from neurolens.engine.runtime.extract import model_sha
 from neurolens.engine.runtime.hooks import on_sites
 from neurolens.errors import ProbeError
-from neurolens.kernels.scan import EMPTY_KEY, ScanState, edges_from
+from neurolens.numerics.scan import EMPTY_KEY, ScanState, edges_from
 from neurolens.probes.corpora import Excerpts
 from neurolens.store import SCHEMAS, Store, write_parquet
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from neurolens.constants import ALPHA, OFF_TARGET_FLOOR, SPECIFICITY_MIN
-from neurolens.kernels.stats import bh_qvalues
+from neurolens.numerics.stats import bh_qvalues
 
 __all__ = ["empirical_p", "qvalues", "specificity", "validated"]
 

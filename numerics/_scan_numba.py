@@ -38,7 +38,7 @@ def _col(v, lo, sc, hi):
 
 @njit(cache=True, inline="always")
 def _hash(ex, j):
-    """kernels.scan.neuron_hash for one (excerpt id, neuron), in int64 like the torch one."""
+    """numerics.scan.neuron_hash for one (excerpt id, neuron), in int64 like the torch one."""
     h = (ex + j * 0x9E3779B1) & MASK31
     h = ((h ^ (h >> 16)) * 0x45D9F3B) & MASK31
     h = ((h ^ (h >> 16)) * 0x45D9F3B) & MASK31

@@ -23,7 +23,7 @@ corpus length):
 moments are merged by Chan's formula (equal to a one-pass reference to ~1e-12).
 
 `update` has two backends that give the same state: on CPU tensors one fused numba pass per
-batch (kernels/_scan_numba.py: each activation read once, top-k offers filtered against the
+batch (numerics/_scan_numba.py: each activation read once, top-k offers filtered against the
 k-th entry, no sort); on CUDA the torch ops below (masked max, gather, bincount, sorts).
 """
 from __future__ import annotations
