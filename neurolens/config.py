@@ -26,6 +26,7 @@ class RunConfig:
     ablate: bool = False
     ablate_methods: str | tuple[str, ...] = ("zero",)   # a tuple or "zero,mean,range"
     ablate_controls: int = 99   # random controls per tested set (engine/causal/ablation/stage.N_RANDOM)
+    ablate_all_controls: bool = False   # every control, not only those the sequential test reads
     top_k: int = 10
     importance: bool = True
     report: bool = True

@@ -246,7 +246,7 @@ def _ablate_step(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Stor
         from neurolens.engine.causal.ablation import stage as ablate
 
         akey = (f"a{ablate.ABLATE_VERSION}:{cfg.top_k}:{cfg.seed}:{','.join(cfg.ablate_methods)}:"
-                f"{cfg.ablate_controls}:"
+                f"{cfg.ablate_controls}{':all' if cfg.ablate_all_controls else ''}:"
                 + skey)
         if store.is_complete("ablations", parts, akey):
             res.skipped.append("ablate")
@@ -254,7 +254,7 @@ def _ablate_step(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Stor
             ablate.run_ablations(adapter, probes, store, top_k=cfg.top_k, seed=cfg.seed,
                                  batch_size=cfg.batch_size, key=akey, run_id=res.run_id,
                                  confidence=conf, bars=bars, methods=cfg.ablate_methods,
-                                 n_random=cfg.ablate_controls)
+                                 n_random=cfg.ablate_controls, sequential=not cfg.ablate_all_controls)
     res.seconds["ablate"] = time.perf_counter() - t0
 
 

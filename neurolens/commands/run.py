@@ -25,6 +25,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ablate-controls", type=int, default=99, metavar="N",
                    help="random controls per tested set, matched on layer and magnitude band "
                         "(default 99: p resolves 0.01)")
+    p.add_argument("--all-controls", action="store_true",
+                   help="measure every control, not only those the sequential test needs "
+                        "(the verdicts are the same; more rows, more time)")
     p.add_argument("--top-k", type=int, default=10, metavar="K",
                    help="how many of the best-ranked neurons are printed, ablated (alone, "
                         "cumulatively and against random sets) and labelled (default 10)")
@@ -75,6 +78,7 @@ def config(args: argparse.Namespace, model: str, concept: str | None, *, ablate:
                      device_map=args.device_map, max_memory=args.max_memory,
                      batch_size=args.batch_size, seed=args.seed, ablate=ablate if args.ablate is None else args.ablate,
                      ablate_methods=args.ablate_methods, ablate_controls=args.ablate_controls,
+                     ablate_all_controls=args.all_controls,
                      top_k=args.top_k,
                      importance=not args.no_importance, report=not args.no_report, out=args.out)
 

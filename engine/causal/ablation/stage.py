@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -38,7 +39,8 @@ from neurolens.engine.causal.ablation.controls import (Group, bands, group_of, m
                                                         random_controls)
 from neurolens.engine.causal.ablation.executor import (METHODS, Neuron, ablate_sets, base_confidence,
                                                         relative_drop)
-from neurolens.engine.causal.ablation.verdict import empirical_p, qvalues, specificity, validated
+from neurolens.engine.causal.ablation.verdict import (empirical_p, qvalues, sequential_p, specificity,
+                                                       stop_after, stop_index, validated)
 from neurolens.engine.models.adapters.base import Adapter
 from neurolens.engine.models.naming import neuron_id
 from neurolens.engine.runtime.progress import stage as progress_stage
@@ -46,7 +48,7 @@ from neurolens.probes.types import Example, ProbeSet
 from neurolens.store import SCHEMAS, Store, read_layer, read_table
 from neurolens.store.top import top_order
 
-ABLATE_VERSION = 4
+ABLATE_VERSION = 5
 MODES = ("single", "cumulative", "random")
 #: controls per tested set: p = (1 + #{controls >= drop}) / (N + 1) resolves 0.01, which passes
 #: BH at ALPHA = 0.05 over a top-10's 13 tested sets whenever at least 3 of them beat every
@@ -58,7 +60,7 @@ DEFAULT_METHODS = ("zero",)
 __all__ = ["ABLATE_VERSION", "CONTROL_SIZES", "DEFAULT_METHODS", "METHODS", "MODES", "N_RANDOM",
            "ablate_sets", "control_sizes", "distinct_sets", "split_sets", "parse_methods", "base_confidence",
            "relative_drop", "top_neurons", "neuron_stats", "random_controls", "ablation_rows",
-           "run_ablations", "zscore"]
+           "run_ablations", "zscore", "control_queues", "controls_needed", "measure_controls"]
 
 
 def top_neurons(store: Store, model: str, concept: str, k: int) -> tuple[list[Neuron], pa.Table]:
@@ -161,45 +163,97 @@ def zscore(drop: float, null: np.ndarray) -> tuple[float, float, float]:
     return mu, sd, float(z)
 
 
+def control_queues(top: Sequence[Neuron], draws: Sequence[Sequence[Neuron]],
+                   singles: Mapping[Group, list[Neuron]], sizes: Sequence[int],
+                   band: Mapping[int, np.ndarray]) -> list[tuple[str, Any, list, list]]:
+    """(kind, group or size, tested sets, their controls in drawn order), one per null:
+    ("single", group) the top singles of a group with its single controls, and
+    ("cumulative", j) the top prefix of size j with the draws' prefixes of size j. The
+    order of the controls is the sequential test's."""
+    queues: list[tuple[str, Any, list, list]] = []
+    for g, xs in singles.items():
+        tested = [[x] for x in top if group_of(band, x) == g]
+        if tested:
+            queues.append(("single", g, tested, [[x] for x in xs]))
+    for j in sorted(sizes):
+        queues.append(("cumulative", j, [list(top[:j])], [list(d[:j]) for d in draws]))
+    return queues
+
+
+def _measured(drops: Mapping[tuple, tuple], controls: Sequence[Sequence[Neuron]]) -> np.ndarray:
+    """The drops of the controls measured so far: the longest measured prefix of the queue."""
+    out = []
+    for s in controls:
+        got = drops.get(_key(s))
+        if got is None:
+            break
+        out.append(got[2])
+    return np.array(out, dtype=np.float64)
+
+
+def controls_needed(drops: Mapping[tuple, tuple], tested: Sequence[Sequence[Neuron]],
+                    controls: Sequence[Sequence[Neuron]], h: int | None) -> int | None:
+    """How many of `controls` (in order) the sequential tests of `tested` read, given the
+    drops measured so far; None while those do not decide every test yet."""
+    null = _measured(drops, controls)
+    need = 0
+    for s in tested:
+        i = stop_index(drops[_key(s)][2], null, h, len(controls))
+        if i is None:
+            return None
+        need = max(need, i)
+    return need
+
+
 def ablation_rows(method: str, metric: str, top: Sequence[Neuron], draws: Sequence[Sequence[Neuron]],
                   singles: dict[Group, list[Neuron]], drops: dict[tuple, tuple[float, float, float, float]],
                   n_examples: int, sizes: Sequence[int] | None = None,
-                  band: Mapping[int, np.ndarray] | None = None) -> list[dict]:
+                  band: Mapping[int, np.ndarray] | None = None, stop: int | None = None) -> list[dict]:
     """Rows of the ablations table for one method. `drops[set key]` =
     (base_conf, ablated_conf, drop, off_target_drop) measured for that set; random
     controls (z, p) at `sizes` (default: every size). `band` gives each neuron's magnitude
-    band (default: one band per layer). The tested rows (single, cumulative) get their
-    q-value over the distinct tested sets, their specificity and the verdict."""
+    band (default: one band per layer). `stop` is the sequential test's h (None: every
+    control is read): each null keeps the controls its tests read, in drawn order, and
+    only those get rows. The tested rows (single, cumulative) get their q-value over the
+    distinct tested sets, their specificity and the verdict."""
     sizes = set(range(1, len(top) + 1) if sizes is None else sizes)
     band = band if band is not None else {l: defaultdict(int) for l, _ in top}
     rows = []
 
-    def row(mode, s, k, layer, neuron, null):
+    def row(mode, s, k, layer, neuron, null, p):
         base, abl, drop, off = drops[_key(s)]
         mu, sd, z = zscore(drop, null)
         rows.append(dict(method=method, mode=mode, k=k, layer=layer, neuron=neuron, metric=metric,
                          base_conf=base, ablated_conf=abl, drop=drop, random_drop_mean=mu,
                          random_drop_std=sd, z=z, off_target_drop=off, n_examples=n_examples,
                          neurons=[neuron_id(l, n) for l, n in s], band=int(band[layer][neuron]),
-                         n_controls=int(len(null)), p_value=empirical_p(drop, null),
+                         n_controls=int(len(null)), p_value=p,
                          q_value=None, specificity=None, validated=False))
 
-    single_null = {g: np.array([drops[_key([x])][2] for x in xs]) for g, xs in singles.items()}
+    def random_rows(controls, null):
+        for r, c in enumerate(controls):
+            others = np.delete(null, r)
+            row("random", c, len(c), c[-1][0], c[-1][1], others, empirical_p(drops[_key(c)][2], others))
+
+    read: dict[tuple[str, Any], tuple[list, np.ndarray]] = {}
+    for kind, at, tested, controls in control_queues(top, draws, singles, sizes, band):
+        n = controls_needed(drops, tested, controls, stop)
+        if n is None:
+            raise ValueError("the sequential test needs controls that were not measured")
+        read[kind, at] = controls[:n], np.array([drops[_key(c)][2] for c in controls[:n]])
     for x in top:
-        row("single", [x], 1, x[0], x[1], single_null[group_of(band, x)])
+        null = read["single", group_of(band, x)][1]
+        row("single", [x], 1, x[0], x[1], null, sequential_p(drops[_key([x])][2], null, stop))
     for j in sorted(sizes):
         l, n = top[j - 1]
-        null = np.array([drops[_key(d[:j])][2] for d in draws])
-        row("cumulative", list(top[:j]), j, l, n, null)
-        for r, d in enumerate(draws):
-            dl, dn = d[j - 1]
-            row("random", list(d[:j]), j, dl, dn, np.delete(null, r))
+        controls, null = read["cumulative", j]
+        row("cumulative", list(top[:j]), j, l, n, null,
+            sequential_p(drops[_key(top[:j])][2], null, stop))
+        random_rows(controls, null)
     g0 = group_of(band, top[0])
-    for g, xs in singles.items():
-        if g == g0:
-            continue            # already rows: the size-1 prefixes above
-        for r, (xl, xn) in enumerate(xs):
-            row("random", [(xl, xn)], 1, xl, xn, np.delete(single_null[g], r))
+    for g in singles:
+        if g != g0 and ("single", g) in read:      # g0's are the size-1 prefixes above
+            random_rows(*read["single", g])
     _verdicts([r for r in rows if r["mode"] != "random"])
     return rows
 
@@ -221,8 +275,11 @@ def _verdicts(tested: list[dict]) -> None:
 def run_ablations(adapter: Adapter, probes: ProbeSet, store: Store, *, top_k: int = 10, seed: int = 0,
                   batch_size: int = 32, key: str, run_id: str, confidence=None, bars=None,
                   methods: Sequence[str] = DEFAULT_METHODS, n_random: int = N_RANDOM,
-                  sizes: Sequence[int] = CONTROL_SIZES, replicas: int | None = None) -> pa.Table:
-    """Ablate the top-k neurons (each method × mode) and publish the `ablations` partition."""
+                  sizes: Sequence[int] = CONTROL_SIZES, replicas: int | None = None,
+                  sequential: bool = True) -> pa.Table:
+    """Ablate the top-k neurons (each method × mode) and publish the `ablations` partition.
+    `sequential` (default) measures each null's controls until its tests stop
+    (`verdict.stop_after`): the same verdicts as every control, for less work."""
     from neurolens.engine.causal.confidence import Confidence
 
     methods = parse_methods(methods)
@@ -247,6 +304,8 @@ def run_ablations(adapter: Adapter, probes: ProbeSet, store: Store, *, top_k: in
     if any(m in ("mean", "range") for m in methods):
         values, ranges = neuron_stats(store, adapter.name, probes, layers, scores)
     own, ctrl = split_sets(top, sets)
+    queues = control_queues(top, draws, singles, csizes, band)
+    stop = stop_after(n_random) if sequential else None
     concept = [e for e, p in zip(test, pos) if p]
     bs = max(1, batch_size // 2)
     total = len(test) + len(methods) * ((len(test) if own else 0) + (len(concept) if ctrl else 0))
@@ -264,19 +323,74 @@ def run_ablations(adapter: Adapter, probes: ProbeSet, store: Store, *, top_k: in
             on, off = relative_drop(base[pos], abl[:, pos]), relative_drop(base[~pos], abl[:, ~pos])
             for i, s in enumerate(own):
                 drops[_key(s)] = (b_on, float(abl[i, pos].mean()), float(on[i]), float(off[i]))
-            # controls: only their drop enters a z, so only the concept examples are run
-            abl = ablate_sets(adapter, conf, concept, ctrl, **kw)
-            on = relative_drop(base[pos], abl)
-            for i, s in enumerate(ctrl):
-                drops[_key(s)] = (b_on, float(abl[i].mean()), float(on[i]), None)
+            # controls: only their drop enters a test, so only the concept examples are run
+            share = _Share(tick, len(concept) if ctrl else 0, len(ctrl))
+
+            def measure(sets):
+                abl = ablate_sets(adapter, conf, concept, sets, **{**kw, "progress": share.of(len(sets))})
+                on = relative_drop(base[pos], abl)
+                for i, s in enumerate(sets):
+                    drops[_key(s)] = (b_on, float(abl[i].mean()), float(on[i]), None)
+
+            measure_controls(measure, queues, drops, stop)
+            share.finish()
             rows += ablation_rows(method, conf.metric, top, draws, singles, drops, int(pos.sum()),
-                                  csizes, band)
+                                  csizes, band, stop=stop)
     for r in rows:
         r["run_id"] = run_id
     table = pa.Table.from_pylist(rows, schema=schema)
     store.write_partition("ablations", parts, table, key=key, run_id=run_id)
     return table
 
+
+
+#: controls each undecided null gets per round of the sequential test, in units of h: a
+#: set near the controls' median stops after about 2h of them
+ROUND = 4
+
+
+def measure_controls(measure, queues, drops: dict, h: int | None) -> None:
+    """Measure controls in rounds, each null's next ones in drawn order, until every test
+    is decided (`controls_needed`); `measure(sets)` fills `drops`. Which controls are read
+    for a verdict depends on the order alone, never on the rounds: only the cost does."""
+    longest = max((len(q[3]) for q in queues), default=0)
+    step = longest if h is None else ROUND * h
+    upto = 0
+    while upto < longest:
+        upto += step
+        want: dict[tuple, list[Neuron]] = {}
+        for _, _, tested, controls in queues:
+            if controls_needed(drops, tested, controls, h) is None:
+                for c in controls[:upto]:
+                    if _key(c) not in drops:
+                        want.setdefault(_key(c), c)
+        if not want:
+            return
+        measure(list(want.values()))
+
+
+class _Share:
+    """Progress of the controls in units of examples, as if every control were measured:
+    a round of m of the n control sets advances the bar by m/n of its examples, and the
+    sets the sequential test skipped are ticked off at the end."""
+
+    def __init__(self, tick, examples: int, sets: int):
+        self.tick, self.total, self.sets = tick, examples, max(sets, 1)
+        self.done, self.acc = 0, 0.0
+
+    def of(self, m: int):
+        def advance(n: int) -> None:
+            self.acc += n * m / self.sets
+            step = min(int(self.acc) - self.done, self.total - self.done)
+            if step > 0:
+                self.done += step
+                self.tick(step)
+        return advance
+
+    def finish(self) -> None:
+        if self.total > self.done:
+            self.tick(self.total - self.done)
+            self.done = self.total
 
 
 def ablation_examples(probes: ProbeSet) -> list[Example]:
