@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import polars as pl
 import pytest
 from conftest_queries import CONCEPTS, MODELS, build
@@ -226,11 +227,55 @@ def test_run_summary(syn):
     assert failed["n_scored"].to_list() == [0] and failed["run_id"].to_list() == ["r99-failed"]
 
 
+# -- concept_summary ------------------------------------------------------------------------------
+def test_concept_summary(syn, tmp_path):
+    """Counts per model x concept against polars; a lexical control is a column of its concept
+    (neurons significant on it), never a row; the top set's row is the largest cumulative k."""
+    import shutil
+
+    import pyarrow as pa
+
+    root = Path(shutil.copytree(syn.root, tmp_path / "store"))
+    ctrl = syn.scores.filter((pl.col("model") == "bert-tiny") & (pl.col("concept") == "negation"))
+    flags = np.zeros(ctrl.height, bool)
+    flags[:7] = True
+    ctrl = ctrl.with_columns(significant=pl.Series(flags), run_id=pl.lit("rc"))
+    table = pa.Table.from_pandas(ctrl.drop("model", "concept").to_pandas(), preserve_index=False)
+    from neurolens.store.schema import SCORES
+    Store(root).write_partition("scores", {"model": "bert-tiny", "concept": "negation+control"},
+                                table.select(SCORES.names).cast(SCORES), key="rc", run_id="rc")
+    got = queries.named(root, "concept_summary", method="zero")
+    s = (syn.scores.group_by("model", "concept")
+         .agg((pl.col("significant") & ~pl.col("lexical")).sum().alias("n_significant"),
+              pl.col("opposite").sum().alias("n_opposite"),
+              (pl.col("significant") & pl.col("lexical")).sum().alias("n_lexical"),
+              pl.col("replicated").sum().alias("n_replicated")))
+    a = syn.ablations.filter(pl.col("method") == "zero")
+    single = (a.filter(pl.col("mode") == "single").group_by("model", "concept")
+              .agg(pl.struct("layer", "neuron").n_unique().alias("n_ablated"),
+                   pl.struct("layer", "neuron").filter(pl.col("validated").fill_null(False))
+                   .n_unique().alias("n_validated")))
+    top = (a.filter(pl.col("mode") == "cumulative").sort("k", descending=True)
+           .group_by("model", "concept").first()
+           .select("model", "concept", pl.col("k").alias("top_k"), pl.col("drop").alias("top_drop"),
+                   pl.col("p_value").alias("top_p")))
+    want = (s.join(single, on=["model", "concept"], how="left").join(top, on=["model", "concept"], how="left")
+            .with_columns(n_control=pl.when((pl.col("model") == "bert-tiny") & (pl.col("concept") == "negation"))
+                          .then(7).otherwise(0))
+            .sort("model", "concept"))
+    assert got.height == want.height == len(MODELS) * len(CONCEPTS)
+    assert not got["concept"].str.ends_with("+control").any()
+    _same(got, want.select("model", "concept", "n_significant", "n_opposite", "n_control", "n_lexical",
+                           "n_replicated", "n_ablated", "n_validated", "top_k", "top_drop", "top_p"))
+    assert got["n_validated"].sum() > 0 and got["n_significant"].min() > 0
+    assert queries.named(root, "concept_summary", model="bert-tiny").height == len(CONCEPTS)
+
+
 # -- the runner: headers, parameters, errors ----------------------------------------------------
 def test_every_named_query_is_declared():
     names = queries.query_names()
     for n in ("top_neurons", "layer_profile", "depth_profile", "compare_models", "bert_vs_roberta",
-              "concept_overlap", "validated", "run_summary"):
+              "concept_overlap", "validated", "run_summary", "concept_summary"):
         assert n in names
     for q in queries.list_queries():
         assert q.description, q.name
