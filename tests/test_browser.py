@@ -52,11 +52,15 @@ class Browser:
             os.dup2(c_in, 3)
             os.dup2(c_out, 4)
 
-        self.proc = subprocess.Popen(
-            [CHROMIUM, *FLAGS, f"--user-data-dir={user_data_dir}", "--remote-debugging-pipe",
-             "about:blank"],
-            pass_fds=(3, 4), preexec_fn=child, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # chromium's log goes to a file: a pipe nobody drains would block it once full
+        Path(user_data_dir).mkdir(parents=True, exist_ok=True)
+        self.log = Path(user_data_dir) / "chromium.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [CHROMIUM, *FLAGS, f"--user-data-dir={user_data_dir}", "--remote-debugging-pipe",
+                 "about:blank"],
+                pass_fds=(3, 4), preexec_fn=child, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=log)
         os.close(c_in)
         os.close(c_out)
         self._w = os.fdopen(to_w, "wb", buffering=0)
@@ -92,7 +96,12 @@ class Browser:
     def _dismiss(self) -> None:
         self.send("Page.handleJavaScriptDialog", accept=True)
 
-    def send(self, method: str, *, timeout: float = 30.0, browser_level: bool = False, **params) -> dict:
+    #: generous: chromium's first reply can take a minute when every core is busy with other work,
+    #: and a dead chromium is reported at once (below), so a long limit never slows a failure
+    TIMEOUT = 180.0
+
+    def send(self, method: str, *, timeout: float | None = None, browser_level: bool = False,
+             **params) -> dict:
         with self._lock:
             self._id += 1
             mid = self._id
@@ -100,13 +109,17 @@ class Browser:
         if self.session and not browser_level:
             msg["sessionId"] = self.session
         self._w.write(json.dumps(msg).encode() + b"\0")
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (self.TIMEOUT if timeout is None else timeout)
         with self._cv:
             while mid not in self._replies:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"no reply to {method}")
-                self._cv.wait(left)
+                if self.proc.poll() is not None:
+                    err = self.log.read_bytes()[-2000:].decode(errors="replace")
+                    raise RuntimeError(f"chromium exited ({self.proc.returncode}) before replying to "
+                                       f"{method}: {err}")
+                self._cv.wait(min(left, 1.0))
             reply = self._replies.pop(mid)
         if "error" in reply:
             raise RuntimeError(f"{method}: {reply['error']}")
@@ -127,7 +140,7 @@ class Browser:
             raise RuntimeError(f"evaluate failed: {r['exceptionDetails']}")
         return r["result"].get("value")
 
-    def load(self, url: str, timeout: float = 60.0) -> None:
+    def load(self, url: str, timeout: float = 180.0) -> None:
         self.events.clear()
         self.send("Page.navigate", url=url)
         deadline = time.monotonic() + timeout
@@ -188,8 +201,6 @@ class Browser:
                 f.close()
             except OSError:
                 pass
-        if self.proc.stderr:
-            self.proc.stderr.close()
 
 
 def png_stats(path: Path) -> tuple[int, int, int]:
