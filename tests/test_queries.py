@@ -233,14 +233,12 @@ def test_concept_summary(syn, tmp_path):
     (neurons significant on it), never a row; the top set's row is the largest cumulative k."""
     import shutil
 
-    import pyarrow as pa
-
     root = Path(shutil.copytree(syn.root, tmp_path / "store"))
     ctrl = syn.scores.filter((pl.col("model") == "bert-tiny") & (pl.col("concept") == "negation"))
     flags = np.zeros(ctrl.height, bool)
     flags[:7] = True
     ctrl = ctrl.with_columns(significant=pl.Series(flags), run_id=pl.lit("rc"))
-    table = pa.Table.from_pandas(ctrl.drop("model", "concept").to_pandas(), preserve_index=False)
+    table = ctrl.drop("model", "concept").to_arrow()
     from neurolens.store.schema import SCORES
     Store(root).write_partition("scores", {"model": "bert-tiny", "concept": "negation+control"},
                                 table.select(SCORES.names).cast(SCORES), key="rc", run_id="rc")
