@@ -28,6 +28,7 @@ import polars as pl
 from neurolens.constants import NAMED
 from neurolens.errors import QueryError, first_line  # noqa: F401 - re-exported: its home is neurolens.errors
 from neurolens.store.duck import connect as _connect
+from neurolens.store.duck import tables_in
 from neurolens.store.duck import write_views
 from neurolens.store.layout import Store, StoreError
 from neurolens.store.sql import read_sql, sql_files
@@ -245,14 +246,15 @@ def store_root(out: str | os.PathLike[str] | None = None) -> Path | str:
     return store_dir(out)
 
 
-def open_store(root: str | os.PathLike[str] | Store, *, threads: int | None = None
-               ) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the store's views; also (re)writes `<store>/views.sql`."""
+def open_store(root: str | os.PathLike[str] | Store, *, threads: int | None = None,
+               for_sql: str | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the store's views; also (re)writes `<store>/views.sql`.
+    With `for_sql`, only the views that statement may read (`tables_in`)."""
     store = root if isinstance(root, Store) else Store(root)
     try:
         if not store.exists():
             raise QueryError(f"no store at {store.uri} (run `neurolens run` first, or pass --out DIR)")
-        con = _connect(store, threads=threads)
+        con = _connect(store, threads=threads, tables=None if for_sql is None else tables_in(for_sql))
     except StoreError as e:
         raise QueryError(str(e)) from None
     # later queries on the same connection reuse the Parquet footers read for the first
@@ -284,7 +286,7 @@ def sql(root: str | os.PathLike[str] | Store, query: str,
         params: Mapping[str, Any] | None = None) -> pl.DataFrame:
     """Run SQL over the store's views (`runs`, `scores`, ...) and return a polars frame.
     `params` binds `$name` placeholders."""
-    con = open_store(root)
+    con = open_store(root, for_sql=query)
     try:
         return execute(con, query, params, what="SQL")
     finally:
@@ -296,7 +298,7 @@ def named(root: str | os.PathLike[str] | Store, name: str, **params: Any) -> pl.
     declared types) and return a polars frame."""
     query = get(name)
     bound = bind(query, params)
-    con = open_store(root)
+    con = open_store(root, for_sql=query.body)
     try:
         return execute(con, query.body, bound, what=f"query {name}")
     finally:

@@ -45,6 +45,12 @@ MARKER_PREFIX = "_nl-"
 FORMAT_ENV = "NEUROLENS_STORE_FORMAT"
 
 
+#: a checkpoint every 10 commits (delta-rs's default is 100): opening a table reads its last
+#: checkpoint and at most 9 commits after it, not every partition's commit since the start,
+#: which on object storage is one request each on every query
+TABLE_PROPERTIES = {"delta.checkpointInterval": "10"}
+
+
 def is_remote(root: object) -> bool:
     return isinstance(root, str) and root.startswith(REMOTE_SCHEMES)
 
@@ -169,9 +175,16 @@ class DeltaStore(Store):
             raise StoreError(f"cannot open the store at {self.uri}: bucket {self.bucket!r} does not exist")
 
     def exists(self) -> bool:
-        if self.remote:
-            self._check_bucket()   # a wrong key, a dead endpoint or no bucket: say which, now
-        return self._table("runs", create=False) is not None
+        if not self.remote:
+            return self._table("runs", create=False) is not None
+        self._check_bucket()   # a wrong key, a dead endpoint or no bucket: say which, now
+        # the runs table's log folder, in one listing: opening its log (a DeltaTable) costs a
+        # dozen milliseconds more per query on object storage, for a table most queries skip
+        try:
+            info = self.fs.get_file_info(self._path("runs", "_delta_log"))
+        except (OSError, pa.ArrowException) as e:
+            raise self._fail(e, "open") from None
+        return info.type == pfs.FileType.Directory
 
     def _table(self, table: str, *, create: bool = True, fresh: bool = False):
         """The table's DeltaTable (created on first write); None when absent and not created."""
@@ -194,7 +207,7 @@ class DeltaStore(Store):
                 with contextlib.suppress(Exception):  # a concurrent creator won: load its table
                     DeltaTable.create(self._uri(table), schema=table_schema(table),
                                       partition_by=list(PARTITIONS[table]) or None, mode="ignore",
-                                      storage_options=storage_options())
+                                      configuration=TABLE_PROPERTIES, storage_options=storage_options())
                 dt = DeltaTable(self._uri(table), storage_options=storage_options())
         except StoreError:
             raise

@@ -1,6 +1,8 @@
 """A DuckDB connection whose views carry the store's table names (DESIGN: "Store")."""
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import duckdb
@@ -57,15 +59,27 @@ def views_sql(store: Store) -> str:
     return "\n".join(view_sql(store, t) for t in PARTITIONS) + "\n"
 
 
-def connect(store: Store | str | Path, *, threads: int | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB over the store; the Parquet files stay the only truth."""
+def tables_in(sql: str) -> list[str]:
+    """The store's tables that `sql` may read: every table whose name occurs in it as a word.
+    A superset of what it reads (a column named like a table counts too), never less."""
+    return [t for t in PARTITIONS if re.search(rf"\b{t}\b", sql, re.IGNORECASE)]
+
+
+def connect(store: Store | str | Path, *, threads: int | None = None,
+            tables: Iterable[str] | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB over the store; the Parquet files stay the only truth.
+
+    `tables` limits the views to those a statement reads (see `tables_in`): on a Delta
+    store each view opens its table's log, which on object storage is a few round trips
+    per table, so a query that reads two tables should not pay for eleven."""
     if not isinstance(store, Store):
         store = Store(store)
     con = duckdb.connect(":memory:")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     delta = hasattr(store, "dataset")
-    for t in PARTITIONS:
+    wanted = set(PARTITIONS if tables is None else tables)
+    for t in (t for t in PARTITIONS if t in wanted):
         try:
             if delta:   # the Delta log's live files as an Arrow dataset, scanned where they are
                 ds = store.dataset(t)

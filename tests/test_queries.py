@@ -18,7 +18,7 @@ from polars.testing import assert_frame_equal
 from neurolens import queries
 from neurolens.commands import query as query_cmd
 from neurolens.queries import QueryError
-from neurolens.store.duck import views_sql, write_views
+from neurolens.store.duck import tables_in, views_sql, write_views
 from neurolens.store.layout import Store
 
 ALPHA = 0.05
@@ -354,6 +354,55 @@ def test_views_sql_is_written_and_runs_in_a_fresh_connection(syn):
     top = con.execute(body, {"model": "bert-tiny", "concept": "negation", "k": 3}).fetchall()
     assert [r[2] for r in top] == [1, 2, 3]
     con.close()
+
+
+def test_tables_in_names_every_table_a_statement_may_read():
+    assert tables_in("SELECT * FROM scores s JOIN Labels USING (model)") == ["scores", "labels"]
+    assert tables_in('select count(*) from "runs"') == ["runs"]
+    assert tables_in("select 1 as score, 'activation' as x") == []
+    # every named query reads only tables it names (else its view would be missing)
+    for q in queries.list_queries():
+        assert tables_in(q.body), q.name
+
+
+def test_queries_open_only_the_views_they_read(syn):
+    con = queries.open_store(syn.root, for_sql="select count(*) from Scores")
+    try:
+        views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+        assert views == {"scores"}
+    finally:
+        con.close()
+    assert queries.sql(syn.root, "select count(*) as n from Scores")["n"][0] == syn.scores.height
+
+
+def test_a_delta_store_answers_every_named_query_as_the_parquet_store(syn, tmp_path):
+    """The same store as Delta tables (migrated) gives the same rows for every named query
+    with the views limited to what each reads, and its logs are checkpointed every 10 commits."""
+    from neurolens.store.migrate import migrate
+
+    dst = tmp_path / "delta" / "store"
+    assert migrate(syn.root, str(dst)) > 0
+    values = {"model": "bert-tiny", "model_a": "bert-tiny", "model_b": "roberta-tiny", "concept": "negation"}
+    for q in queries.list_queries():
+        params = {p.name: values[p.name] for p in q.params if p.name in values}
+        a, b = queries.named(syn.root, q.name, **params), queries.named(str(dst), q.name, **params)
+        assert a.height > 0 or q.name in ("range_vs_whole",), q.name
+        _same(b.sort(b.columns), a.sort(a.columns))
+
+
+def test_delta_logs_are_checkpointed_every_10_commits(tmp_path):
+    """Opening a table reads its last checkpoint and the commits after it: on object storage
+    that is one request per commit, so a store of many partitions must not replay them all."""
+    from neurolens.store.delta import DeltaStore, table_schema
+
+    store = DeltaStore(tmp_path / "store")
+    store.ensure()
+    empty = table_schema("labels").empty_table()
+    for i in range(12):
+        store.write_partition("labels", {"model": f"m{i}"}, empty, key=f"k{i}", run_id=f"r{i}")
+    log = tmp_path / "store" / "labels" / "_delta_log"
+    assert len(list(log.glob("*.checkpoint.parquet"))) == 1   # at the 10th commit
+    assert {p["model"] for p in DeltaStore(tmp_path / "store").partitions("labels")} == {f"m{i}" for i in range(12)}
 
 
 def test_write_views_skips_missing_store(tmp_path):

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace, *, stdout: TextIO | None = None) -> int:
         sql_text, what = query.body, f"query {name}"
     else:
         sql_text, bound, what = text, None, "SQL"
-    con = open_store(store_root(getattr(args, "out", None)))
+    con = open_store(store_root(getattr(args, "out", None)), for_sql=sql_text)
     try:
         df = execute(con, sql_text, bound, what=what)
     finally:
