@@ -60,6 +60,10 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         kw["address"] = address
     else:
         kw.update(num_cpus=num_cpus or os.cpu_count(), _node_ip_address="127.0.0.1")  # a local cluster: loopback only
+        # Ray starts workers at niceness 15, so a sweep on a local cluster yields its cores to
+        # anything else the machine runs; the in-process executor runs at this process's
+        # priority, and so do the workers of a cluster we start (as Ray's job server does)
+        os.environ.setdefault("RAY_worker_niceness", str(os.nice(0)))
     try:
         ray.init(**kw)
     except (ConnectionError, RuntimeError, ValueError) as e:

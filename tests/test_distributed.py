@@ -189,3 +189,15 @@ def test_a_ray_address_that_does_not_answer_is_one_line_and_exit_2(planted, tmp_
     assert r.returncode == 2, r
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "does not answer" in lines[0], r.stderr
+
+
+def test_workers_of_a_local_cluster_run_at_the_drivers_priority(ray_cluster):
+    """Ray's default worker niceness (15) would hand a sweep's cores to any other process;
+    the in-process executor runs at the caller's priority, and so must its workers."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert ray.get(niceness.remote()) == os.nice(0)
