@@ -269,11 +269,46 @@ def test_concept_summary(syn, tmp_path):
     assert queries.named(root, "concept_summary", model="bert-tiny").height == len(CONCEPTS)
 
 
+# -- corpus_precision ------------------------------------------------------------------------------
+def test_corpus_precision(tmp_path):
+    """The top-`top` ranked neurons' corpus precision per model x concept x corpus, against polars
+    on random rows; lexical controls are left out; `top` cuts by rank, not by row order."""
+    from neurolens.store.schema import CORPUS_EVIDENCE
+
+    rng = np.random.default_rng(3)
+    store = Store(tmp_path / "store")
+    frames = []
+    for model in ("bert-tiny", "llama-tiny"):
+        for concept in ("royalty", "negation", "royalty+control"):
+            n = 12
+            df = pl.DataFrame({
+                "layer": rng.integers(0, 4, n).astype(np.int32), "neuron": rng.permutation(500)[:n].astype(np.int32),
+                "rank": (rng.permutation(n) + 1).astype(np.int32), "corpus_precision": rng.random(n),
+                "base_precision": rng.random(n) * 0.3, "range_precision": rng.random(n),
+                "range_tokens": rng.integers(0, 1000, n), "n_categories": rng.integers(1, 9, n).astype(np.int32),
+                "categories": [["noun.person"]] * n, "run_id": ["r"] * n})
+            store.write_partition("corpus_evidence", {"model": model, "concept": concept, "corpus": "wordnet"},
+                                  df.to_arrow().cast(CORPUS_EVIDENCE), key="k", run_id="r")
+            frames.append(df.with_columns(model=pl.lit(model), concept=pl.lit(concept)))
+    ev = pl.concat(frames).filter(~pl.col("concept").str.ends_with("+control"))
+    for top in (5, 1):
+        got = queries.named(store.root, "corpus_precision", top=top)
+        want = (ev.filter(pl.col("rank") <= top).sort("rank").group_by("model", "concept", maintain_order=True)
+                .agg(pl.col("corpus_precision").mean().alias("mean_precision"),
+                     pl.col("base_precision").mean().alias("mean_base_precision"),
+                     (pl.col("corpus_precision") > pl.col("base_precision")).sum().alias("n_above_base"),
+                     pl.format("L{}.N{}", "layer", "neuron").alias("neurons"))
+                .sort("model", "concept"))
+        assert got["n_neurons"].to_list() == [top] * 4
+        _same(got, want)
+    assert queries.named(store.root, "corpus_precision", model="bert-tiny", corpus="none").height == 0
+
+
 # -- the runner: headers, parameters, errors ----------------------------------------------------
 def test_every_named_query_is_declared():
     names = queries.query_names()
     for n in ("top_neurons", "layer_profile", "depth_profile", "compare_models", "bert_vs_roberta",
-              "concept_overlap", "validated", "run_summary", "concept_summary"):
+              "concept_overlap", "validated", "run_summary", "concept_summary", "corpus_precision"):
         assert n in names
     for q in queries.list_queries():
         assert q.description, q.name
