@@ -118,3 +118,16 @@ def test_gpu_script_says_so_without_a_gpu(tmp_path):
     assert p.returncode == 2 and p.stdout == ""
     assert len(p.stderr.strip().splitlines()) == 1 and "no CUDA device" in p.stderr
     assert not (tmp_path / "gpu").exists()
+
+
+def test_the_full_sizes_name_concepts_that_exist():
+    """A full size runs for an hour: a renamed concept must fail here, not at its start."""
+    import importlib
+
+    from neurolens.probes import list_concepts
+
+    known = {c.name for c in list_concepts()}
+    for name in BENCHES:
+        mod = importlib.import_module(f"benchmarks.bench_{name}")
+        named = list(getattr(mod, "CONCEPTS", [])) + [getattr(mod, "CONCEPT", "royalty")]
+        assert set(named) <= known, (name, set(named) - known)
