@@ -133,18 +133,27 @@ def write_logit_effects(adapter: Any, store: Any, layers: list[int], k: int = 10
 
 def write_evidence(store: Any, adapter: Any, ex: Any, *, model: str, corpus: str,
                    words: list[str] | None = None, range_tokens: int = 100_000) -> list[str]:
-    """corpus_evidence for every concept with ranked neurons of `model` in the store."""
-    from neurolens.engine.labels.corpus import corpus_evidence
+    """corpus_evidence for every concept with ranked neurons of `model` in the store. The range
+    precision of every concept is counted in one forward pass over the first `range_tokens`
+    tokens (one pass per concept would cost a sweep of 36 concepts 36 passes)."""
+    from neurolens.engine.labels.corpus import evidence_rows, evidence_table, range_counts_many, range_spec
     from neurolens.engine.labels.evidence import run_sql
 
-    done = []
     concepts = run_sql(store, "scanned_concepts", model=model)["concept"].to_list()
+    plans = []
     for concept in concepts:
+        got = evidence_rows(store, model=model, corpus=corpus, concept=concept, extra_words=words or [])
+        if got is not None:
+            rows, ws = got
+            spec, sel = range_spec(rows, ex, ws) if adapter is not None and ex is not None else (None, {})
+            plans.append((concept, rows, spec, sel))
+    asked = [p for p in plans if p[3]]
+    counts = range_counts_many(adapter, ex, [p[2] for p in asked], range_tokens) if asked else []
+    counted = {p[0]: c for p, c in zip(asked, counts)}
+    done = []
+    for concept, rows, _, sel in plans:
         run_id = "evidence-" + hashlib.sha256(f"{model}:{concept}:{corpus}".encode()).hexdigest()[:12]
-        t = corpus_evidence(store, adapter, ex, model=model, corpus=corpus, concept=concept, run_id=run_id,
-                            extra_words=words or [], range_tokens=range_tokens)
-        if t is None:
-            continue
+        t = evidence_table(rows, sel, counted.get(concept, {}), run_id)
         store.write_partition("corpus_evidence", {"model": model, "concept": concept, "corpus": corpus}, t,
                               key=f"{run_id}:{time.time_ns()}", run_id=run_id)
         done.append(concept)

@@ -151,3 +151,47 @@ def test_bad_input_is_one_line_and_keeps_what_is_stored(planted_factory, tmp_pat
     assert marker.read_text() == before
     rc, _ = _err(capsys, ["neuron", "--model", str(pm.path), "L1.N31", "--out", out])
     assert rc == 0
+
+
+def test_range_counts_of_many_concepts_in_one_pass_equal_a_brute_force(planted_factory):
+    """The evidence pass counts every concept's range tokens in one forward: each concept's
+    counts equal those computed from every materialised activation with its own mask."""
+    import numpy as np
+    import torch
+
+    from neurolens.engine.labels.corpus import RangeSpec, range_counts_many
+    from neurolens.engine.runtime.hooks import on_sites
+    from neurolens.engine.runtime.scan import _batch
+
+    pm = planted_factory("gpt2")
+    a = registry.load(str(pm.path), device="cpu")
+    ex = cut(mixed_corpus(60), a.processor, length=16)
+    acts = {1: [], 2: []}
+    with torch.inference_mode(), on_sites(a, [1, 2], lambda l, t: acts[l].append(t.float().clone())):
+        for s in range(0, len(ex), 8):
+            b, _ = _batch(a, ex, np.arange(s, min(s + 8, len(ex))))
+            a.forward(b)
+    rng = np.random.default_rng(0)
+    words = [["king", "queen", "throne"], ["the", "a"], ["farmer"]]
+    specs = []
+    for w in words:
+        picks = {l: rng.choice(a.n_neurons(l), 5, replace=False) for l in (1, 2) if rng.random() < 0.9 or l == 2}
+        lo = {l: rng.normal(0, 0.2, len(p)) for l, p in picks.items()}
+        specs.append(RangeSpec(picks, lo, {l: v + rng.uniform(0.1, 1.0, len(v)) for l, v in lo.items()},
+                               ex.concept_mask(w)))
+    max_tokens = int(ex.lengths.sum()) // 2
+    got = range_counts_many(a, ex, specs, max_tokens, batch_size=8)
+    n_ex = min(len(ex), int(np.searchsorted(np.cumsum(ex.lengths), max_tokens)) + 1)
+    for sp, g in zip(specs, got):
+        assert set(g) == set(sp.picks)
+        for l, p in sp.picks.items():
+            n_in = np.zeros(len(p), np.int64)
+            n_hit = np.zeros(len(p), np.int64)
+            for e in range(n_ex):      # the reference: every excerpt's real tokens, one at a time
+                batch = acts[l][e // 8]
+                x = batch[e % 8, : ex.lengths[e]].numpy()[:, p]
+                inr = (x >= sp.lo[l].astype(np.float32)) & (x <= sp.hi[l].astype(np.float32))
+                n_in += inr.sum(0)
+                n_hit += (inr & sp.concept[e, : ex.lengths[e], None]).sum(0)
+            assert (g[l][0] == n_in).all() and (g[l][1] == n_hit).all(), (l, g[l], n_in, n_hit)
+    assert sum(int(g[2][1].sum()) for g in got) > 0 and sum(int(g[2][0].sum()) for g in got) > 0

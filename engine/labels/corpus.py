@@ -44,36 +44,65 @@ def range_counts(adapter: Adapter, ex: Excerpts, picks: dict[int, np.ndarray], l
                  hi: dict[int, np.ndarray], concept: np.ndarray, max_tokens: int, batch_size: int = 16
                  ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Per layer, for the picked neurons: (tokens in range, concept tokens in range)."""
+    return range_counts_many(adapter, ex, [RangeSpec(picks, lo, hi, concept)], max_tokens, batch_size)[0]
+
+
+class RangeSpec:
+    """One concept's range question: per layer the picked neurons and their [lo, hi], and the
+    [E, L] mask of the corpus tokens that are the concept's words."""
+
+    def __init__(self, picks: dict[int, np.ndarray], lo: dict[int, np.ndarray], hi: dict[int, np.ndarray],
+                 concept: np.ndarray):
+        self.picks, self.lo, self.hi, self.concept = picks, lo, hi, concept
+
+
+def range_counts_many(adapter: Adapter, ex: Excerpts, specs: Sequence[RangeSpec], max_tokens: int,
+                      batch_size: int = 16) -> list[dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """`range_counts` for many concepts in one forward pass over the first `max_tokens` tokens:
+    each layer's picked columns of every concept side by side, each column compared with its
+    own range and counted against its own concept's mask."""
     n_ex = max(1, min(len(ex), int(np.searchsorted(np.cumsum(ex.lengths), max_tokens)) + 1))
-    layers = sorted(picks)
+    layers = sorted({l for sp in specs for l in sp.picks})
+    out: list[dict[int, tuple[np.ndarray, np.ndarray]]] = [{} for _ in specs]
+    if not layers:
+        return out
     dev = adapter.device
-    acc = {l: [torch.zeros(len(picks[l]), dtype=torch.int64, device=dev) for _ in range(2)] for l in layers}
-    cols = {l: torch.from_numpy(picks[l]).to(dev) for l in layers}
-    lo_t = {l: torch.from_numpy(lo[l]).float().to(dev) for l in layers}
-    hi_t = {l: torch.from_numpy(hi[l]).float().to(dev) for l in layers}
+    cols, lo_t, hi_t, owner, bounds = {}, {}, {}, {}, {}
+    for l in layers:
+        have = [(j, sp) for j, sp in enumerate(specs) if l in sp.picks]
+        cols[l] = torch.from_numpy(np.concatenate([sp.picks[l] for _, sp in have]).astype(np.int64)).to(dev)
+        lo_t[l] = torch.from_numpy(np.concatenate([sp.lo[l] for _, sp in have]).astype(np.float32)).to(dev)
+        hi_t[l] = torch.from_numpy(np.concatenate([sp.hi[l] for _, sp in have]).astype(np.float32)).to(dev)
+        owner[l] = torch.from_numpy(np.concatenate([np.full(len(sp.picks[l]), j) for j, sp in have])).to(dev)
+        ends = np.cumsum([len(sp.picks[l]) for _, sp in have])
+        bounds[l] = [(j, e - len(sp.picks[l]), e) for (j, sp), e in zip(have, ends)]
+    acc = {l: [torch.zeros(len(cols[l]), dtype=torch.int64, device=dev) for _ in range(2)] for l in layers}
+    masks = np.stack([sp.concept[:n_ex] for sp in specs], axis=-1)          # [E, L, C]
     cur: dict = {}
 
-    def count(layer: int, out: torch.Tensor) -> None:
-        a = out.detach().float()[..., cols[layer]][cur["valid"]]          # [M, n]
+    def count(layer: int, act: torch.Tensor) -> None:
+        a = act.detach().float()[..., cols[layer]][cur["valid"]]          # [M, n]
         inr = (a >= lo_t[layer]) & (a <= hi_t[layer])
         acc[layer][0] += inr.sum(0)
-        acc[layer][1] += (inr & cur["concept"].unsqueeze(1)).sum(0)
+        acc[layer][1] += (inr & cur["concept"][:, owner[layer]]).sum(0)
 
     with torch.inference_mode(), on_sites(adapter, layers, count, stop_after=layers[-1]):
         for s in range(0, n_ex, batch_size):
             idx = np.arange(s, min(s + batch_size, n_ex))
             b, valid = _batch(adapter, ex, idx)
             t = valid.shape[1]
-            cur.update(valid=valid, concept=torch.from_numpy(concept[idx, :t]).to(dev)[valid])
+            cur.update(valid=valid, concept=torch.from_numpy(masks[idx, :t]).to(dev)[valid])   # [M, C]
             adapter.forward(b)
-    return {l: (v[0].cpu().numpy(), v[1].cpu().numpy()) for l, v in acc.items()}
+    for l in layers:
+        n_in, n_hit = (v.cpu().numpy() for v in acc[l])
+        for j, a, e in bounds[l]:
+            out[j][l] = (n_in[a:e], n_hit[a:e])
+    return out
 
 
-def corpus_evidence(store: Store, adapter: Adapter | None, ex: Excerpts | None, *, model: str,
-                    corpus: str, concept: str, run_id: str, extra_words: Sequence[str] = (),
-                    range_tokens: int = 100_000) -> pa.Table | None:
-    """corpus_evidence rows for the ranked neurons of `concept` in the scanned layers; None when
-    the concept has no ranked neuron there. Without a model (or excerpts) range_precision is null."""
+def evidence_rows(store: Store, *, model: str, corpus: str, concept: str, extra_words: Sequence[str] = ()):
+    """(rows, words) of `concept`'s ranked neurons in the scanned layers, with their corpus
+    precision, layer base and probe range; None when there are none."""
     ranked = run_sql(store, "concept_ranked", model=model, concept=concept)
     words = concept_words(store, model, concept, extra_words)
     prec = run_sql(store, "corpus_precision", model=model, corpus=corpus, words=words)
@@ -84,23 +113,28 @@ def corpus_evidence(store: Store, adapter: Adapter | None, ex: Excerpts | None, 
     base = prec.group_by("layer").agg(pl.col("corpus_precision").mean().alias("base_precision"))
     rows = ranked.join(prec, on=["layer", "neuron"], how="inner").join(base, on="layer", how="left") \
         .sort("rank")
-    if not rows.height:
-        return None
+    return (rows, words) if rows.height else None
+
+
+def range_spec(rows, ex: Excerpts, words: Sequence[str]) -> tuple[RangeSpec, dict[int, np.ndarray]]:
+    """The range question of one concept's rows, and per layer which rows it answers."""
+    ok = (rows["range_lo"].is_not_null() & rows["range_hi"].is_not_null()).to_numpy()
+    lay = rows["layer"].to_numpy()
+    sel = {int(l): np.flatnonzero((lay == l) & ok) for l in np.unique(lay[ok])}
+    nrn, lo_, hi_ = (rows[c].to_numpy() for c in ("neuron", "range_lo", "range_hi"))
+    spec = RangeSpec({l: nrn[i].astype(np.int64) for l, i in sel.items()}, {l: lo_[i] for l, i in sel.items()},
+                     {l: hi_[i] for l, i in sel.items()}, ex.concept_mask(words))
+    return spec, sel
+
+
+def evidence_table(rows, sel: dict[int, np.ndarray] | None, counts: dict | None, run_id: str) -> pa.Table:
+    """corpus_evidence rows from `evidence_rows`, with range precision where counted."""
     rp = np.full(rows.height, np.nan)
     rt = np.zeros(rows.height, dtype=np.int64)
-    ok = rows["range_lo"].is_not_null() & rows["range_hi"].is_not_null()
-    if adapter is not None and ex is not None and bool(ok.any()):
-        cm = ex.concept_mask(words)
-        lay = rows["layer"].to_numpy()
-        sel = {int(l): np.flatnonzero((lay == l) & ok.to_numpy()) for l in np.unique(lay[ok.to_numpy()])}
-        nrn, lo_, hi_ = (rows[c].to_numpy() for c in ("neuron", "range_lo", "range_hi"))
-        got = range_counts(adapter, ex, {l: nrn[i].astype(np.int64) for l, i in sel.items()},
-                           {l: lo_[i] for l, i in sel.items()}, {l: hi_[i] for l, i in sel.items()},
-                           cm, range_tokens)
-        for l, i in sel.items():
-            n_in, n_hit = got[l]
-            rt[i] = n_in
-            rp[i] = np.where(n_in > 0, n_hit / np.maximum(n_in, 1), np.nan)
+    for l, i in (sel or {}).items():
+        n_in, n_hit = counts[l]
+        rt[i] = n_in
+        rp[i] = np.where(n_in > 0, n_hit / np.maximum(n_in, 1), np.nan)
     n = rows.height
     return pa.table({
         "layer": pa.array(rows["layer"].to_numpy().astype(np.int32)),
@@ -113,3 +147,19 @@ def corpus_evidence(store: Store, adapter: Adapter | None, ex: Excerpts | None, 
         "categories": pa.array(rows["categories"].to_list(), pa.list_(pa.string())),
         "run_id": pa.array([run_id] * n, pa.string()),
     }, schema=SCHEMAS["corpus_evidence"])
+
+
+def corpus_evidence(store: Store, adapter: Adapter | None, ex: Excerpts | None, *, model: str,
+                    corpus: str, concept: str, run_id: str, extra_words: Sequence[str] = (),
+                    range_tokens: int = 100_000) -> pa.Table | None:
+    """corpus_evidence rows for the ranked neurons of `concept` in the scanned layers; None when
+    the concept has no ranked neuron there. Without a model (or excerpts) range_precision is null."""
+    got = evidence_rows(store, model=model, corpus=corpus, concept=concept, extra_words=extra_words)
+    if got is None:
+        return None
+    rows, words = got
+    if adapter is None or ex is None:
+        return evidence_table(rows, None, None, run_id)
+    spec, sel = range_spec(rows, ex, words)
+    counts = range_counts_many(adapter, ex, [spec], range_tokens)[0] if sel else {}
+    return evidence_table(rows, sel, counts, run_id)
