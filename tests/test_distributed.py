@@ -201,3 +201,24 @@ def test_workers_of_a_local_cluster_run_at_the_drivers_priority(ray_cluster):
         return os.nice(0)
 
     assert ray.get(niceness.remote()) == os.nice(0)
+
+
+WRITE_LABELS = """
+import pyarrow as pa
+from neurolens.store.delta import DeltaStore, table_schema
+s = DeltaStore({uri!r})
+s.write_partition("labels", {{"model": {model!r}}}, table_schema("labels").empty_table(), key="k", run_id="r")
+"""
+
+
+def test_a_table_this_process_opened_sees_what_another_process_committed_since(s3):
+    """Stores on one URI share the opened Delta table (a query opens the log once per process);
+    each new Store brings it up to date, so another writer's commit is never missed."""
+    from neurolens.store.delta import DeltaStore
+
+    uri = f"s3://{BUCKET}/fresh/store"
+    for i in range(3):
+        r = subprocess.run([sys.executable, "-c", WRITE_LABELS.format(uri=uri, model=f"m{i}")],
+                           env={**os.environ}, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert {p["model"] for p in DeltaStore(uri).partitions("labels")} == {f"m{j}" for j in range(i + 1)}
