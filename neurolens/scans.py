@@ -32,10 +32,14 @@ class ScanResult:
     evidence: list[str] = field(default_factory=list)      # concepts whose evidence was written
     logit_effects: bool = False
     out: Path | None = None
+    forwarded: int | None = None   # tokens this call streamed (a resumed scan reads saved shards)
 
     @property
     def tokens_per_s(self) -> float:
-        return self.tokens / self.seconds if self.seconds else float("nan")
+        """Tokens streamed by this call per second of it: saved shards that a resumed scan
+        only reads are not counted, so the rate is the model's, not the resume's."""
+        done = self.tokens if self.forwarded is None else self.forwarded
+        return done / self.seconds if self.seconds and done else float("nan")
 
 
 def scan(adapter: Any, corpus: str = DEFAULT_CORPUS, *, tokens: int | None = None,
@@ -89,7 +93,7 @@ def scan(adapter: Any, corpus: str = DEFAULT_CORPUS, *, tokens: int | None = Non
         if own:
             bars.__exit__(None, None, None)
     return ScanResult(adapter.name, ex.corpus, layers, len(ex), ex.n_tokens, secs, r["layers"], ev, lfx,
-                      store.root.parent)
+                      store.root.parent, forwarded=r["tokens"])
 
 
 def write_logit_effects(adapter: Any, store: Any, layers: list[int], k: int = 10) -> bool:

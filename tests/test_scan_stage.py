@@ -195,3 +195,20 @@ def test_range_counts_of_many_concepts_in_one_pass_equal_a_brute_force(planted_f
                 n_hit += (inr & sp.concept[e, : ex.lengths[e], None]).sum(0)
             assert (g[l][0] == n_in).all() and (g[l][1] == n_hit).all(), (l, g[l], n_in, n_hit)
     assert sum(int(g[2][1].sum()) for g in got) > 0 and sum(int(g[2][0].sum()) for g in got) > 0
+
+
+def test_the_rate_of_a_rerun_counts_only_the_tokens_it_streamed(planted_factory, tmp_path):
+    """A scan whose shards are all saved streams nothing: its rate is not the corpus over the
+    seconds it took to read them back."""
+    import math
+
+    from neurolens.scans import ScanResult, scan
+
+    a = registry.load(str(planted_factory("gpt2").path), device="cpu")
+    corpus = tmp_path / "mixed.txt"
+    corpus.write_text("\n".join(mixed_corpus(60).texts))
+    first = scan(a, str(corpus), layers=[1], out=str(tmp_path / "out"), k=4, length=16, progress=False)
+    assert first.forwarded == first.tokens > 0 and first.tokens_per_s > 0
+    again = scan(a, str(corpus), layers=[1], out=str(tmp_path / "out"), k=4, length=16, progress=False)
+    assert again.scanned == [] and again.forwarded == 0 and math.isnan(again.tokens_per_s)
+    assert ScanResult("m", "c", [0], 10, 1000, 2.0, forwarded=300).tokens_per_s == 150.0

@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     c = Console()
     c.print(f"scanned {r.model} over {r.corpus}: {r.tokens} tokens in {r.excerpts} excerpts, layers "
             f"{r.layers[0]}..{r.layers[-1]} ({len(r.scanned)} scanned now) in {r.seconds:.1f} s "
-            f"({r.tokens_per_s:,.0f} tokens/s)", highlight=False, soft_wrap=True)
+            + (f"({r.tokens_per_s:,.0f} tokens/s over the {r.forwarded:,} tokens streamed now)"
+               if r.forwarded else "(every shard was saved already)"), highlight=False, soft_wrap=True)
     if r.evidence:
         c.print(f"corpus evidence for: {', '.join(r.evidence)}", highlight=False)
     return 0
