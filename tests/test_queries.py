@@ -421,7 +421,7 @@ def test_a_delta_store_answers_every_named_query_as_the_parquet_store(syn, tmp_p
     for q in queries.list_queries():
         params = {p.name: values[p.name] for p in q.params if p.name in values}
         a, b = queries.named(syn.root, q.name, **params), queries.named(str(dst), q.name, **params)
-        assert a.height > 0 or q.name in ("range_vs_whole",), q.name
+        assert a.height > 0 or q.name in ("range_vs_whole", "corpus_precision"), q.name   # no scan in syn
         _same(b.sort(b.columns), a.sort(a.columns))
 
 
