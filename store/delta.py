@@ -242,8 +242,9 @@ class DeltaStore(Store):
         out = []
         cols = {k: t.column(f"partition.{k}").to_pylist() for k in keys}
         paths = t.column("path").to_pylist()
+        sizes = t.column("size_bytes").to_pylist() if "size_bytes" in t.column_names else [None] * len(paths)
         for i, p in enumerate(paths):
-            row = {"path": p, **{k: cols[k][i] for k in keys}}
+            row = {"path": p, "size": sizes[i], **{k: cols[k][i] for k in keys}}
             if parts and any(str(row[k]) != str(parts[k]) for k in parts):
                 continue
             out.append(row)
@@ -412,9 +413,12 @@ class DeltaStore(Store):
                 term = pc.field(k) == (int(f[k]) if k == "layer" else str(f[k]))
                 e = term if e is None else e & term
             exprs.append(e if e is not None else pc.scalar(True))
-        return pds.FileSystemDataset.from_paths([self._path(table, f["path"]) for f in files],
-                                                schema=table_schema(table), format=pds.ParquetFileFormat(),
-                                                filesystem=self.fs, partitions=exprs)
+        # each file's size from the log: on object storage a reader that is not told it asks
+        # the server first (one HEAD per file per query)
+        fmt = pds.ParquetFileFormat()
+        frags = [fmt.make_fragment(self._path(table, f["path"]), self.fs, e, file_size=f.get("size"))
+                 for f, e in zip(files, exprs)]
+        return pds.FileSystemDataset(frags, schema=table_schema(table), format=fmt, filesystem=self.fs)
 
     # -- runs ------------------------------------------------------------------------------------
     def write_run(self, row: pa.Table, run_id: str) -> str:
