@@ -45,10 +45,11 @@ MARKER_PREFIX = "_nl-"
 FORMAT_ENV = "NEUROLENS_STORE_FORMAT"
 
 
-#: Delta tables on object storage this process has opened, by URI: a later Store on the same
-#: URI brings one up to date with a listing of the commits since (`update_incremental`) instead
-#: of reading its log again, a handful of requests fewer on every query of a notebook or server
-_OPENED: dict[str, object] = {}
+#: Delta tables on object storage this process has opened, by (URI, storage options): a later
+#: Store on the same URI brings one up to date with a listing of the commits since
+#: (`update_incremental`) instead of reading its log again, a handful of requests fewer on
+#: every query of a notebook or server
+_OPENED: dict[tuple, object] = {}
 
 #: a checkpoint every 10 commits (delta-rs's default is 100): opening a table reads its last
 #: checkpoint and at most 9 commits after it, not every partition's commit since the start,

@@ -40,13 +40,6 @@ def concept_words(store: Store, model: str, concept: str, extra: Sequence[str] =
     return sorted(words)
 
 
-def range_counts(adapter: Adapter, ex: Excerpts, picks: dict[int, np.ndarray], lo: dict[int, np.ndarray],
-                 hi: dict[int, np.ndarray], concept: np.ndarray, max_tokens: int, batch_size: int = 16
-                 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Per layer, for the picked neurons: (tokens in range, concept tokens in range)."""
-    return range_counts_many(adapter, ex, [RangeSpec(picks, lo, hi, concept)], max_tokens, batch_size)[0]
-
-
 class RangeSpec:
     """One concept's range question: per layer the picked neurons and their [lo, hi], and the
     [E, L] mask of the corpus tokens that are the concept's words."""
@@ -58,9 +51,10 @@ class RangeSpec:
 
 def range_counts_many(adapter: Adapter, ex: Excerpts, specs: Sequence[RangeSpec], max_tokens: int,
                       batch_size: int = 16) -> list[dict[int, tuple[np.ndarray, np.ndarray]]]:
-    """`range_counts` for many concepts in one forward pass over the first `max_tokens` tokens:
-    each layer's picked columns of every concept side by side, each column compared with its
-    own range and counted against its own concept's mask."""
+    """Per concept, per layer, for its picked neurons: (tokens in range, concept tokens in
+    range), for every concept in one forward pass over the first `max_tokens` tokens: each
+    layer's picked columns of every concept side by side, each column compared with its own
+    range and counted against its own concept's mask."""
     n_ex = max(1, min(len(ex), int(np.searchsorted(np.cumsum(ex.lengths), max_tokens)) + 1))
     layers = sorted({l for sp in specs for l in sp.picks})
     out: list[dict[int, tuple[np.ndarray, np.ndarray]]] = [{} for _ in specs]
@@ -148,18 +142,3 @@ def evidence_table(rows, sel: dict[int, np.ndarray] | None, counts: dict | None,
         "run_id": pa.array([run_id] * n, pa.string()),
     }, schema=SCHEMAS["corpus_evidence"])
 
-
-def corpus_evidence(store: Store, adapter: Adapter | None, ex: Excerpts | None, *, model: str,
-                    corpus: str, concept: str, run_id: str, extra_words: Sequence[str] = (),
-                    range_tokens: int = 100_000) -> pa.Table | None:
-    """corpus_evidence rows for the ranked neurons of `concept` in the scanned layers; None when
-    the concept has no ranked neuron there. Without a model (or excerpts) range_precision is null."""
-    got = evidence_rows(store, model=model, corpus=corpus, concept=concept, extra_words=extra_words)
-    if got is None:
-        return None
-    rows, words = got
-    if adapter is None or ex is None:
-        return evidence_table(rows, None, None, run_id)
-    spec, sel = range_spec(rows, ex, words)
-    counts = range_counts_many(adapter, ex, [spec], range_tokens)[0] if sel else {}
-    return evidence_table(rows, sel, counts, run_id)
