@@ -24,8 +24,10 @@ import json
 import os
 import random
 import tempfile
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -45,11 +47,27 @@ MARKER_PREFIX = "_nl-"
 FORMAT_ENV = "NEUROLENS_STORE_FORMAT"
 
 
-#: Delta tables on object storage this process has opened, by (URI, storage options): a later
-#: Store on the same URI brings one up to date with a listing of the commits since
+#: Delta tables on object storage this process has opened, by (URI, who sees it: `_identity`):
+#: a later Store on the same URI brings one up to date with a listing of the commits since
 #: (`update_incremental`) instead of reading its log again, a handful of requests fewer on
 #: every query of a notebook or server
 _OPENED: dict[tuple, object] = {}
+
+#: object storage clients by (scheme, `_identity`): a client keeps its connections open, so a
+#: later query reuses them instead of connecting again
+_CLIENTS: dict[tuple, pfs.FileSystem] = {}
+
+#: Parquet fragments of Delta data files, by (`_identity`, path, size), least recently used
+#: last. A Delta data file is never rewritten in place (a new version adds a new file, named
+#: by a UUID), so its footer, which a fragment keeps once it has been scanned, stays true: a later query
+#: reads only the column chunks it needs, not the footer again (one request fewer per file
+#: on object storage)
+_FRAGMENTS: OrderedDict[tuple, pds.Fragment] = OrderedDict()
+_FRAGMENTS_LOCK = threading.Lock()
+
+#: (bucket, `_identity`) pairs whose bucket this process has found reachable and present
+_BUCKETS_SEEN: set[tuple] = set()
+FRAGMENT_CACHE = 50_000
 
 #: a checkpoint every 10 commits (delta-rs's default is 100): opening a table reads its last
 #: checkpoint and at most 9 commits after it, not every partition's commit since the start,
@@ -103,6 +121,18 @@ def _s3_filesystem() -> pfs.FileSystem:
     return pfs.S3FileSystem(**kw)
 
 
+def _identity() -> tuple:
+    """Who a remote store is seen as: the endpoint, region and credentials in the environment
+    (the secret as a digest) and the client options. Two stores are the same table only if
+    these agree: another key may see another bucket's contents, or none."""
+    env = os.environ
+    secret = hashlib.sha256((env.get("AWS_SECRET_ACCESS_KEY", "") + "\0"
+                             + env.get("AWS_SESSION_TOKEN", "")).encode()).hexdigest()[:16]
+    return (env.get("AWS_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_S3") or "",
+            env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "",
+            env.get("AWS_ACCESS_KEY_ID", ""), secret, tuple(sorted(storage_options().items())))
+
+
 def storage_options() -> dict[str, str]:
     """delta-rs reads the AWS variables itself; these bound how long a dead endpoint blocks."""
     opts = {"timeout": "30s", "connect_timeout": "3s", "max_retries": "2", "retry_timeout": "10s"}
@@ -133,12 +163,16 @@ class DeltaStore(Store):
             self.base = self.uri
             self._fs = pfs.LocalFileSystem()
         self._tables: dict[str, object] = {}
+        self._present: set[str] | None = None
 
     # -- plumbing ------------------------------------------------------------------------------
     @property
     def fs(self) -> pfs.FileSystem:
         if self._fs is None:
-            self._fs = _s3_filesystem() if self.scheme == "s3" else pfs.GcsFileSystem()
+            key = (self.scheme, _identity())
+            if key not in _CLIENTS:
+                _CLIENTS[key] = _s3_filesystem() if self.scheme == "s3" else pfs.GcsFileSystem()
+            self._fs = _CLIENTS[key]
         return self._fs
 
     def _uri(self, table: str) -> str:
@@ -183,14 +217,29 @@ class DeltaStore(Store):
     def exists(self) -> bool:
         if not self.remote:
             return self._table("runs", create=False) is not None
-        self._check_bucket()   # a wrong key, a dead endpoint or no bucket: say which, now
-        # the runs table's log folder, in one listing: opening its log (a DeltaTable) costs a
+        # a wrong key, a dead endpoint or no bucket: say which, the first time this process
+        # sees the bucket with these credentials (a later failure still surfaces below)
+        if (self.bucket, _identity()) not in _BUCKETS_SEEN:
+            self._check_bucket()
+            _BUCKETS_SEEN.add((self.bucket, _identity()))
+        # the store's tables in one listing: opening the runs log (a DeltaTable) costs a
         # dozen milliseconds more per query on object storage, for a table most queries skip
-        try:
-            info = self.fs.get_file_info(self._path("runs", "_delta_log"))
-        except (OSError, pa.ArrowException) as e:
-            raise self._fail(e, "open") from None
-        return info.type == pfs.FileType.Directory
+        return "runs" in self.tables_present()
+
+    def tables_present(self) -> set[str]:
+        """The tables the store holds, from one listing of its root (on object storage a
+        query skips opening a table that is not there: a failed open is several requests).
+        Listed once per Store object: a query's view of which tables exist."""
+        if self._present is None:
+            if not self.remote:
+                return {t for t in PARTITIONS if self._table(t, create=False) is not None}
+            try:
+                infos = self.fs.get_file_info(pfs.FileSelector(self.base, allow_not_found=True))
+            except (OSError, pa.ArrowException) as e:
+                raise self._fail(e, "open") from None
+            self._present = {i.base_name for i in infos
+                             if i.type == pfs.FileType.Directory and i.base_name in PARTITIONS}
+        return set(self._present)
 
     def _table(self, table: str, *, create: bool = True, fresh: bool = False):
         """The table's DeltaTable (created on first write); None when absent and not created."""
@@ -231,7 +280,7 @@ class DeltaStore(Store):
 
     def _opened_key(self, table: str) -> tuple:
         """A table is the same only at the same endpoint, seen with the same credentials."""
-        return (self._uri(table), tuple(sorted(storage_options().items())))
+        return (self._uri(table), _identity())
 
     def _files(self, table: str, parts: Mapping[str, object] | None = None, *, fresh: bool = True) -> list[dict]:
         """The live files of `table` (optionally one partition): [{path, parts..., num_records}]."""
@@ -417,8 +466,19 @@ class DeltaStore(Store):
         # each file's size from the log: on object storage a reader that is not told it asks
         # the server first (one HEAD per file per query)
         fmt = pds.ParquetFileFormat()
-        frags = [fmt.make_fragment(self._path(table, f["path"]), self.fs, e, file_size=f.get("size"))
-                 for f, e in zip(files, exprs)]
+        who = _identity() if self.remote else ()
+        frags = []
+        with _FRAGMENTS_LOCK:
+            for f, e in zip(files, exprs):
+                path = self._path(table, f["path"])
+                key = (who, path, f.get("size"))
+                frag = _FRAGMENTS.get(key)
+                if frag is None:
+                    frag = _FRAGMENTS[key] = fmt.make_fragment(path, self.fs, e, file_size=f.get("size"))
+                _FRAGMENTS.move_to_end(key)
+                frags.append(frag)
+            while len(_FRAGMENTS) > FRAGMENT_CACHE:
+                _FRAGMENTS.popitem(last=False)
         return pds.FileSystemDataset(frags, schema=table_schema(table), format=fmt, filesystem=self.fs)
 
     # -- runs ------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.fs as pafs
 import pytest
 from conftest_queries import CONCEPTS, MODELS, build
 from polars.testing import assert_frame_equal
@@ -598,3 +600,90 @@ def test_range_vs_whole(syn):
     _same(got, want)
     assert got["mean_drop"].null_count() == got.height      # the fixture's curve is zero-only
     assert set(got["metric"].to_list()) == {"readout_prob"}
+
+
+class _Recording(pafs.FileSystemHandler):
+    """The local file system, recording every byte range read: (path, offset, length)."""
+
+    def __init__(self, reads: list):
+        self.fs, self.reads = pafs.LocalFileSystem(), reads
+
+    def get_type_name(self):
+        return "recording"
+
+    def __eq__(self, other):
+        return isinstance(other, _Recording)
+
+    def __ne__(self, other):
+        return not self == other
+
+    def normalize_path(self, path):
+        return path
+
+    def get_file_info(self, paths):
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector):
+        return self.fs.get_file_info(selector)
+
+    def open_input_file(self, path):
+        raw, reads = self.fs.open_input_file(path), self.reads
+
+        class _File(io.RawIOBase):
+            def readable(self):
+                return True
+
+            def seekable(self):
+                return True
+
+            def seek(self, offset, whence=0):
+                return raw.seek(offset, whence)
+
+            def tell(self):
+                return raw.tell()
+
+            def readinto(self, buf):
+                at = raw.tell()
+                data = raw.read(len(buf))
+                reads.append((path, at, len(data)))
+                buf[:len(data)] = data
+                return len(data)
+
+        return pa.PythonFile(_File(), mode="r")
+
+    def open_input_stream(self, path):
+        return self.fs.open_input_stream(path)
+
+    def create_dir(self, *a): raise NotImplementedError
+    delete_dir = delete_dir_contents = delete_root_dir_contents = delete_file = create_dir
+    move = copy_file = open_output_stream = open_append_stream = create_dir
+
+
+def test_a_delta_store_reads_each_file_footer_once_per_process(syn, tmp_path):
+    """A Delta data file is never rewritten, so its Parquet footer is read by the first query
+    only: later queries in the process read the column chunks alone (on object storage, one
+    request fewer per file per query)."""
+    from neurolens.store.delta import DeltaStore
+    from neurolens.store.migrate import migrate
+
+    dst = tmp_path / "delta"
+    migrate(syn.root, str(dst))
+    reads: list = []
+    store = DeltaStore(dst)
+    store._fs = pafs.PyFileSystem(_Recording(reads))
+    sizes = {Path(f["path"]).name: f["size"] for f in store._files("scores")}
+    assert len(sizes) > 1
+
+    def count_and_footers():
+        reads.clear()
+        con = duckdb.connect()
+        con.register("scores", store.dataset("scores"))
+        n = con.execute("select count(*), min(selectivity), max(selectivity) from scores").fetchone()
+        ends = {Path(p).name for p, at, k in reads if at + k >= sizes[Path(p).name]}
+        return n, ends
+
+    first, ends = count_and_footers()
+    assert first[0] == syn.scores.height
+    assert ends == set(sizes)                               # every footer read once
+    again, ends = count_and_footers()
+    assert again == first and ends == set()                 # and never again
