@@ -78,11 +78,14 @@ def connect(store: Store | str | Path, *, threads: int | None = None,
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     delta = hasattr(store, "dataset")
-    wanted = set(PARTITIONS if tables is None else tables)
-    for t in (t for t in PARTITIONS if t in wanted):
+    wanted = [t for t in PARTITIONS if t in set(PARTITIONS if tables is None else tables)]
+    datasets = _datasets(store, wanted) if delta else {}
+    for t in wanted:
         try:
             if delta:   # the Delta log's live files as an Arrow dataset, scanned where they are
-                ds = store.dataset(t)
+                ds = datasets[t]
+                if isinstance(ds, BaseException):
+                    raise ds
                 if ds is None:
                     con.execute(f"CREATE OR REPLACE VIEW {t} AS {_empty_select(t)};")
                 else:
@@ -96,6 +99,32 @@ def connect(store: Store | str | Path, *, threads: int | None = None,
 
 
 _first_line = first_line
+
+
+def _datasets(store: Store, tables: list[str]) -> dict[str, object]:
+    """Each table's Arrow dataset (or the error opening it raised), the tables brought up to
+    date at once: on object storage each is a listing of its log, a round trip apiece."""
+    if getattr(store, "remote", False):
+        present = _try(store.tables_present)
+        if isinstance(present, BaseException):
+            return dict.fromkeys(tables, present)
+        absent = {t: None for t in tables if t not in present}
+        tables = [t for t in tables if t in present]
+    else:
+        absent = {}
+    if len(tables) < 2 or not getattr(store, "remote", False):
+        return {**absent, **{t: _try(store.dataset, t) for t in tables}}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(8, len(tables))) as pool:
+        return {**absent, **dict(zip(tables, pool.map(lambda t: _try(store.dataset, t), tables)))}
+
+
+def _try(f, *args) -> object:
+    try:
+        return f(*args)
+    except Exception as e:  # noqa: BLE001 - raised again in the caller's thread
+        return e
 
 
 def write_views(store: Store | str | Path) -> Path | None:
