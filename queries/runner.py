@@ -28,7 +28,7 @@ import polars as pl
 from neurolens.constants import NAMED
 from neurolens.errors import QueryError, first_line  # noqa: F401 - re-exported: its home is neurolens.errors
 from neurolens.store.duck import connect as _connect
-from neurolens.store.duck import tables_in
+from neurolens.store.duck import retrying, tables_in, vanished
 from neurolens.store.duck import write_views
 from neurolens.store.layout import Store, StoreError
 from neurolens.store.sql import read_sql, sql_files
@@ -276,8 +276,8 @@ def execute(con: duckdb.DuckDBPyConnection, sql_text: str, params: Mapping[str, 
         if rel is None:
             return pl.DataFrame()
         return rel.pl()
-    except duckdb.Error as e:
-        raise QueryError(f"{what} failed: {_one_line(e)}") from None
+    except duckdb.Error as e:   # a vanished file stays the cause, so `retrying` reads again
+        raise QueryError(f"{what} failed: {_one_line(e)}") from (e if vanished(e) else None)
     except (pl.exceptions.PolarsError, ArithmeticError, TypeError) as e:
         raise QueryError(f"{what}: the result cannot be read ({_one_line(e)})") from None
 
@@ -286,11 +286,14 @@ def sql(root: str | os.PathLike[str] | Store, query: str,
         params: Mapping[str, Any] | None = None) -> pl.DataFrame:
     """Run SQL over the store's views (`runs`, `scores`, ...) and return a polars frame.
     `params` binds `$name` placeholders."""
-    con = open_store(root, for_sql=query)
-    try:
-        return execute(con, query, params, what="SQL")
-    finally:
-        con.close()
+    def read() -> pl.DataFrame:
+        con = open_store(root, for_sql=query)
+        try:
+            return execute(con, query, params, what="SQL")
+        finally:
+            con.close()
+
+    return retrying(read)
 
 
 def named(root: str | os.PathLike[str] | Store, name: str, **params: Any) -> pl.DataFrame:
@@ -298,11 +301,14 @@ def named(root: str | os.PathLike[str] | Store, name: str, **params: Any) -> pl.
     declared types) and return a polars frame."""
     query = get(name)
     bound = bind(query, params)
-    con = open_store(root, for_sql=query.body)
-    try:
-        return execute(con, query.body, bound, what=f"query {name}")
-    finally:
-        con.close()
+    def read() -> pl.DataFrame:
+        con = open_store(root, for_sql=query.body)
+        try:
+            return execute(con, query.body, bound, what=f"query {name}")
+        finally:
+            con.close()
+
+    return retrying(read)
 
 
 # -- JSON-safe rows ----------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -12,6 +14,8 @@ from neurolens.errors import first_line
 
 from .layout import Store, StoreError
 from .schema import PARTITIONS, SCHEMAS
+
+T = TypeVar("T")
 
 _DUCK_TYPES = {
     pa.string(): "VARCHAR", pa.int8(): "TINYINT", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
@@ -92,13 +96,49 @@ def connect(store: Store | str | Path, *, threads: int | None = None,
                     con.register(f"_delta_{t}", ds)
                     con.execute(f"CREATE OR REPLACE VIEW {t} AS SELECT * FROM _delta_{t};")
                 continue
-            con.execute(view_sql(store, t))
+            _create_view(con, store, t)
         except duckdb.Error as e:
             raise StoreError(f"the store's {t} table cannot be read ({_first_line(e)})") from None
     return con
 
 
 _first_line = first_line
+VANISHED_RETRIES = 20   # a partition replaced while it is read: its old files are gone, glob again
+
+
+def vanished(e: BaseException | None) -> bool:
+    """True when DuckDB failed because a file it listed was removed before it was opened:
+    a concurrent writer replaced that partition (rename in, old folder deleted). Reading
+    again sees the new files, so this is a retry, not an error."""
+    msg = str(e)
+    return isinstance(e, duckdb.IOException) and any(
+        m in msg for m in ("No such file", "Cannot open file", "No files found"))
+
+
+def _create_view(con: duckdb.DuckDBPyConnection, store: Store, table: str) -> None:
+    # with union_by_name the view reads every file's footer now, so a partition replaced
+    # between the glob and the read shows up here, not only at query time
+    for attempt in range(VANISHED_RETRIES):
+        try:
+            con.execute(view_sql(store, table))
+            return
+        except duckdb.Error as e:
+            if not vanished(e) or attempt == VANISHED_RETRIES - 1:
+                raise
+            time.sleep(0.005 * (1 + attempt))
+
+
+def retrying(read: Callable[[], T]) -> T:
+    """Run `read` (which opens its own connection) again when a file it listed vanished under
+    a concurrent writer: the reader then sees the partition as the writer left it."""
+    for attempt in range(VANISHED_RETRIES):
+        try:
+            return read()
+        except Exception as e:
+            if not (vanished(e) or vanished(e.__cause__)) or attempt == VANISHED_RETRIES - 1:
+                raise
+            time.sleep(0.005 * (1 + attempt))
+    raise AssertionError("unreachable")
 
 
 def _datasets(store: Store, tables: list[str]) -> dict[str, object]:

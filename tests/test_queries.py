@@ -687,3 +687,26 @@ def test_a_delta_store_reads_each_file_footer_once_per_process(syn, tmp_path):
     assert ends == set(sizes)                               # every footer read once
     again, ends = count_and_footers()
     assert again == first and ends == set()                 # and never again
+
+
+def test_a_partition_replaced_while_it_is_read_is_read_again(syn, monkeypatch):
+    """A reader that lists a partition's files just before a concurrent writer replaces the
+    partition finds them gone: it reads again and sees the new files, never an error.
+    The race is forced by making the first read list a file that is not there."""
+    from neurolens.store import duck
+
+    real, calls = duck.view_sql, []
+
+    def racing(store, table):
+        calls.append(table)
+        if len(calls) == 1:   # the old file list of a partition replaced since
+            gone = (Path(store.root) / table / "replaced.parquet").as_posix()
+            return f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet(['{gone}']);"
+        return real(store, table)
+
+    monkeypatch.setattr(duck, "view_sql", racing)
+    got = queries.sql(syn.root, "select count(*) as n from scores")
+    assert calls[:2] == ["scores", "scores"] and got["n"][0] > 0
+    # an error that is not a vanished file is not retried
+    assert not duck.vanished(duckdb.InvalidInputException("No files found"))
+    assert not duck.vanished(duckdb.IOException("Invalid Parquet file: bad magic"))

@@ -17,7 +17,7 @@ from neurolens.constants import ALPHA
 from neurolens.errors import first_line
 from neurolens.probes.text import CONTROL
 from neurolens.store import Store, StoreError
-from neurolens.store.duck import connect
+from neurolens.store.duck import connect, retrying
 from neurolens.store.sql import run_file
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
@@ -29,13 +29,17 @@ RELATED_R = 0.7         # concepts whose selectivities correlate this much over 
 
 def run_sql(store: Store, name: str, **params) -> pl.DataFrame:
     """Run engine/labels/sql/<name>.sql over the store's views with `$name` parameters bound."""
-    con = connect(store)
+    def read() -> pl.DataFrame:
+        con = connect(store)
+        try:
+            return run_file(con, SQL_DIR, name, **params)
+        finally:
+            con.close()
+
     try:
-        return run_file(con, SQL_DIR, name, **params)
+        return retrying(read)
     except duckdb.Error as e:
         raise StoreError(f"labels: reading the store failed ({first_line(e)})") from None
-    finally:
-        con.close()
 
 
 def model_concepts(store: Store, model: str) -> list[str]:
