@@ -278,7 +278,7 @@ def plain_job(job, ckpt: str, n_words: int, n_examples: int, n_tokens: int, batc
 def have_peer() -> str | None:
     """None when TransformerLens can be used, else why not."""
     if importlib.util.find_spec("transformer_lens") is None:
-        return "transformer_lens is not installed (pip install -c constraints.txt '.[peer]')"
+        return "transformer_lens is not installed (.venv/bin/pip install -c constraints.txt -e '.[peer]')"
     return None
 
 
