@@ -17,7 +17,7 @@ synthetic text, batch 16.
 Each job runs in a fresh process (common.measure_job); throughput = tokens / seconds of the pass.
 
     python benchmarks/bench_scan.py [--smoke]     # or: python -m benchmarks --only scan
-    (full size on 2 CPU cores: hours, most of it the 1M-token scan; give the runner a
+    (full size on 2 CPU cores: about 40 min, half of it the 1M-token scan; give the runner a
     ``--timeout`` to match, e.g. ``python -m benchmarks --only scan --timeout 36000``)
 """
 from __future__ import annotations
