@@ -290,9 +290,11 @@ def _finish(cfg: RunConfig, adapter: Adapter, probes: ProbeSet, store: Store, ba
     write_views(store)  # a bare `duckdb -init <store>/views.sql` sees this run too
     if cfg.report:
         from neurolens.reporting import render_report
+        from neurolens.store.duck import retrying
 
-        with bars.stage("report", 1) as tick:
-            res.report = render_report(store.uri, adapter.name, probes.concept, reports_dir(cfg.out))
+        with bars.stage("report", 1) as tick:   # read again if a concurrent writer replaced a partition
+            res.report = retrying(lambda: render_report(store.uri, adapter.name, probes.concept,
+                                                        reports_dir(cfg.out)))
             tick(1)
     return res
 
