@@ -96,7 +96,7 @@ def connect(store: Store | str | Path, *, threads: int | None = None,
                     con.register(f"_delta_{t}", ds)
                     con.execute(f"CREATE OR REPLACE VIEW {t} AS SELECT * FROM _delta_{t};")
                 continue
-            _create_view(con, store, t)
+            retrying(lambda t=t: con.execute(view_sql(store, t)))
         except duckdb.Error as e:
             raise StoreError(f"the store's {t} table cannot be read ({_first_line(e)})") from None
     return con
@@ -115,30 +115,18 @@ def vanished(e: BaseException | None) -> bool:
         m in msg for m in ("No such file", "Cannot open file", "No files found"))
 
 
-def _create_view(con: duckdb.DuckDBPyConnection, store: Store, table: str) -> None:
-    # with union_by_name the view reads every file's footer now, so a partition replaced
-    # between the glob and the read shows up here, not only at query time
-    for attempt in range(VANISHED_RETRIES):
-        try:
-            con.execute(view_sql(store, table))
-            return
-        except duckdb.Error as e:
-            if not vanished(e) or attempt == VANISHED_RETRIES - 1:
-                raise
-            time.sleep(0.005 * (1 + attempt))
-
-
 def retrying(read: Callable[[], T]) -> T:
-    """Run `read` (which opens its own connection) again when a file it listed vanished under
-    a concurrent writer: the reader then sees the partition as the writer left it."""
-    for attempt in range(VANISHED_RETRIES):
+    """Run `read` again when a file it listed vanished under a concurrent writer: the reader
+    then sees the partition as the writer left it. A view over the local store reads every
+    footer when it is created (union_by_name), so a replaced partition shows up there too."""
+    for attempt in range(VANISHED_RETRIES - 1):
         try:
             return read()
         except Exception as e:
-            if not (vanished(e) or vanished(e.__cause__)) or attempt == VANISHED_RETRIES - 1:
+            if not (vanished(e) or vanished(e.__cause__)):
                 raise
-            time.sleep(0.005 * (1 + attempt))
-    raise AssertionError("unreachable")
+        time.sleep(0.005 * (1 + attempt))
+    return read()
 
 
 def _datasets(store: Store, tables: list[str]) -> dict[str, object]:
