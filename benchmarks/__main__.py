@@ -52,9 +52,15 @@ def headline(name: str, r: dict) -> str:
         if name == "scan":
             q = r["ratios"]
             f = lambda x: "–" if x is None else f"{x:.2f}x"  # noqa: E731
-            return (f"scan {f(q['scan_vs_bare'])} bare forward, {f(q['scan_vs_peer'])} TransformerLens running "
-                    f"top-k; peak memory {f(q['peak_delta_big_vs_small'])} from {r['sizes']['tokens']:,} to "
-                    f"{r['sizes']['big_tokens']:,} tokens")
+            mem = (f"; peak memory {f(q['peak_delta_big_vs_small'])} from {r['sizes']['tokens']:,} to "
+                   f"{r['sizes']['big_tokens']:,} tokens" if r["sizes"].get("big_tokens") else "")
+            return (f"neurolens scan {f(q['cli_vs_bare'])} bare forward, {f(q['cli_vs_peer'])} TransformerLens "
+                    f"running top-k (its pass alone {f(q['scan_vs_bare'])}, {f(q['scan_vs_peer'])})" + mem)
+        if name == "distributed":
+            w = r["sweep"]
+            return (f"Ray {w['ray_over_inprocess']:.2f}x in-process (medians of "
+                    f"{len(w.get('ray_local_runs_s', [0]))}), into S3 {w['ray_s3_over_inprocess']:.2f}x; named "
+                    f"queries over S3 at most {r['queries_worst_s3_over_local']:.2f}x local")
         if name == "scoring":
             return (f"{r['sizes']['neurons']:,} neurons in {r['contender']['median_s']:.3f} s; "
                     f"{r['ratio']:.0f}x per-neuron roc_auc_score")
