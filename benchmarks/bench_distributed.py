@@ -3,7 +3,9 @@ over a Delta store on S3 (a local SeaweedFS server) against the same store on lo
 
 Full size: MiniLM × 4 concepts with validation (ablation). Smoke: the planted GPT-2 × 1
 concept, 2 layers. The Ray cluster is started before timing (its start is reported apart);
-each sweep writes to a fresh store. Query times are medians of interleaved repetitions,
+each sweep writes to a fresh store. The in-process and Ray sweeps into local stores run twice,
+in alternating order (``NEUROLENS_BENCH_SWEEP_REPS``), and their medians are compared; the
+sweep into S3 runs once. Query times are medians of interleaved repetitions,
 each opening the store afresh (the Delta log read included).
 
     python -m benchmarks --only distributed [--smoke]
@@ -51,23 +53,30 @@ def run(smoke: bool) -> dict:
         out["ray_start_s"] = time.perf_counter() - t0
         import ray
 
-        t0 = time.perf_counter()
-        nl.sweep([model], concepts, out=str(tmp / "local"), **kw)
-        t_in = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        nl.sweep([model], concepts, out=str(tmp / "ray-local"), executor="ray", **kw)
-        t_ray = time.perf_counter() - t0
+        def timed_sweep(where: str, executor: str) -> float:
+            t0 = time.perf_counter()
+            nl.sweep([model], concepts, out=where, executor=executor, **kw)
+            return time.perf_counter() - t0
+
+        # in-process and Ray alternate their order over the repetitions (a 2-core VM drifts
+        # by several percent over minutes); each sweep writes to a fresh store
+        reps = int(os.environ.get("NEUROLENS_BENCH_SWEEP_REPS", "1" if smoke else "2"))
+        t_in, t_ray = [], []
+        for r in range(reps):
+            order = [("inprocess", t_in), ("ray", t_ray)]
+            for executor, acc in (order if r % 2 == 0 else order[::-1]):
+                acc.append(timed_sweep(str(tmp / f"{executor}-{r}"), executor))
         s3_out = f"s3://{BUCKET}/bench"
-        t0 = time.perf_counter()
-        nl.sweep([model], concepts, out=s3_out, executor="ray", **kw)
-        t_ray_s3 = time.perf_counter() - t0
-        out["sweep"] = {"inprocess_local_s": t_in, "ray_local_s": t_ray, "ray_s3_s": t_ray_s3,
-                        "ray_over_inprocess": t_ray / t_in, "ray_s3_over_inprocess": t_ray_s3 / t_in}
+        t_ray_s3 = timed_sweep(s3_out, "ray")
+        m_in, m_ray = common.median(t_in), common.median(t_ray)
+        out["sweep"] = {"inprocess_local_s": m_in, "ray_local_s": m_ray, "ray_s3_s": t_ray_s3,
+                        "inprocess_local_runs_s": t_in, "ray_local_runs_s": t_ray,
+                        "ray_over_inprocess": m_ray / m_in, "ray_s3_over_inprocess": t_ray_s3 / m_in}
         name = os.path.basename(model.rstrip("/"))
         reps = 3 if smoke else 7
         q = {}
         for qname, params in _queries(name, concepts[0]).items():
-            jobs = {"local": lambda p=params, n=qname: nl.Store(str(tmp / "local")).query(n, **p),
+            jobs = {"local": lambda p=params, n=qname: nl.Store(str(tmp / "inprocess-0")).query(n, **p),
                     "s3": lambda p=params, n=qname: nl.Store(s3_out).query(n, **p)}
             times = common.interleaved(jobs, reps)
             med = {k: common.median(v) for k, v in times.items()}
