@@ -27,7 +27,7 @@ install: $(BIN)/neurolens
 	else echo "note: neurolens scan's default corpus needs WordNet 3.0 (Debian/Ubuntu: apt-get install wordnet-base); or pass --corpus FILE"; fi
 
 test: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=25 tests
 
 sweep: install
 	$(BIN)/neurolens sweep --models $(MODELS) --concepts $(CONCEPTS) --ablate --out $(OUT) $(ARGS)
