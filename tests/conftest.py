@@ -20,6 +20,20 @@ def pytest_configure(config):
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Fail loudly when `--dist loadgroup` groups nothing. pytest 9.2 ignores the node id
+    suffix by which pytest-xdist 3.8 sends a group to one worker, so every group's session
+    fixtures (a GGUF conversion, a Ray cluster) were built once per worker; constraints.txt
+    pins a pytest that groups."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        if item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
+            raise pytest.UsageError("pytest-xdist's --dist loadgroup has no effect with this pytest "
+                                    f"({pytest.__version__}); install with -c constraints.txt")
+
+
 def converted_cache(tmp_path_factory, sha: str):
     """For a session fixture (`yield from`): NEUROLENS_CACHE pointing at a cache that holds,
     or will hold, the GGUF file `sha` converted: the user's cache when it was converted
