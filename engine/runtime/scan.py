@@ -238,9 +238,10 @@ def run_scan(adapter: Adapter, ex: Excerpts, store: Store, *, layers: Sequence[i
         if close:
             close()   # a runner stops (cancels) what it still runs
     assert merged is not None
+    vocab = Vocab.of(adapter, ex)
     for l in todo:
         st = merged[l]
-        for table, data in (("corpus_top", top_table(st, ex, l, adapter, run_id)),
+        for table, data in (("corpus_top", top_table(st, ex, l, adapter, run_id, vocab)),
                             ("neuron_stats", stats_table(st, l, run_id))):
             staged = store.staging()
             try:
@@ -268,15 +269,40 @@ def token_strings(adapter: Adapter, ids: np.ndarray) -> dict[int, str]:
     return dict(zip(u.tolist(), adapter.processor.batch_decode([[int(i)] for i in u])))
 
 
-def _list(values: np.ndarray, ok: np.ndarray, typ: pa.DataType) -> pa.Array:
+@dataclass(frozen=True)
+class Vocab:
+    """The display strings of a corpus's tokens, decoded once per scan: `strings` an Arrow
+    array and `code[id]` each id's index in it, so a table's millions of window tokens are one
+    Arrow `take` rather than as many Python strings."""
+    code: np.ndarray
+    strings: pa.Array
+
+    @classmethod
+    def of(cls, adapter: Adapter, ex: Excerpts) -> Vocab:
+        u = np.unique(ex.ids[np.arange(ex.ids.shape[1])[None, :] < ex.lengths[:, None]])
+        code = np.full(int(u.max()) + 1 if len(u) else 1, -1, dtype=np.int64)
+        code[u] = np.arange(len(u))
+        names = adapter.processor.batch_decode([[int(i)] for i in u]) if len(u) else []
+        return cls(code, pa.array(names, pa.string()))
+
+    def take(self, ids: np.ndarray) -> pa.Array:
+        return self.strings.take(pa.array(self.code[ids]))
+
+
+def _list(values: np.ndarray | pa.Array, ok: np.ndarray, typ: pa.DataType) -> pa.Array:
+    """Rows of `ok`'s true cells: `values` holds them flat (an Arrow array) or is the full
+    [rows, W] array they are picked from."""
     counts = ok.sum(1)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values[ok], typ))
+    flat = values if isinstance(values, pa.Array) else pa.array(values[ok], typ)
+    return pa.ListArray.from_arrays(pa.array(offsets), flat)
 
 
-def top_table(st: ScanState, ex: Excerpts, layer: int, adapter: Adapter, run_id: str) -> pa.Table:
+def top_table(st: ScanState, ex: Excerpts, layer: int, adapter: Adapter, run_id: str,
+              vocab: Vocab | None = None) -> pa.Table:
     """corpus_top rows of one layer: top (and bottom) k with their windows' activations, then
     the interval and random samples (windows' tokens only)."""
+    vocab = vocab or Vocab.of(adapter, ex)
     n, nb, s_, w = st.n_neurons, st.n_bins, st.samples, st.window
     lo, scale = st.lo.cpu().numpy(), st.scale.cpu().numpy()
     rows: list[dict] = []
@@ -316,33 +342,34 @@ def top_table(st: ScanState, ex: Excerpts, layer: int, adapter: Adapter, run_id:
     cat_ = lambda c: np.concatenate([d[c] for d in rows])               # noqa: E731
     neuron, exid, pos, start, act = cat_("neuron"), cat_("ex"), cat_("pos").astype(np.int64), \
         cat_("start").astype(np.int64), cat_("act").astype(np.float32)
-    kinds = np.concatenate([np.full(len(d["ex"]), d["kind"], dtype=object) for d in rows])
-    sample = np.isin(kinds, ["interval", "random"])
+    kind_names = pa.array([d["kind"] for d in rows], pa.string())
+    kind_code = np.concatenate([np.full(len(d["ex"]), i, dtype=np.int64) for i, d in enumerate(rows)])
+    sample = np.isin(kind_code, [i for i, d in enumerate(rows) if d["kind"] in ("interval", "random")])
     win = cat_("win").astype(np.float32)
     p = start[:, None] + np.arange(w)[None, :]
     ok = p < ex.lengths[exid][:, None]
     ids = ex.ids[exid[:, None], np.minimum(p, ex.ids.shape[1] - 1)]
-    strings = token_strings(adapter, ids[ok]) if ok.any() else {}
-    tok = np.empty(ids.shape, dtype=object)
-    if ok.any():
-        u, inv = np.unique(ids[ok], return_inverse=True)
-        tok[ok] = np.array([strings[int(i)] for i in u], dtype=object)[inv]
     bins = (np.clip(np.floor((act - lo[neuron]) * scale[neuron]).astype(np.float32), -1, nb - 2) + 1)
     wok = ok & ~sample[:, None]
     word = ex.word[exid, pos]
     cat = ex.cat[exid, pos]
-    cats = np.array(list(ex.categories) + [None], dtype=object)
     return pa.table({
         "layer": pa.array(np.full(len(exid), layer, dtype=np.int32)),
-        "neuron": pa.array(neuron.astype(np.int32)), "kind": pa.array(kinds.astype(str)),
+        "neuron": pa.array(neuron.astype(np.int32)), "kind": kind_names.take(pa.array(kind_code)),
         "rank": pa.array(cat_("rank").astype(np.int32)), "bin": pa.array(bins.astype(np.int32)),
         "excerpt_id": pa.array(exid), "position": pa.array(pos.astype(np.int32)),
         "activation": pa.array(act), "window_start": pa.array(start.astype(np.int32)),
-        "tokens": _list(tok, ok, pa.string()), "token_acts": _list(win, wok, pa.float32()),
-        "word": pa.array(np.where(word >= 0, ex.words[np.maximum(word, 0)], None).astype(object), pa.string()),
-        "category": pa.array(cats[np.where(cat >= 0, cat, len(ex.categories))], pa.string()),
-        "run_id": pa.array([run_id] * len(exid), pa.string()),
+        "tokens": _list(vocab.take(ids[ok]), ok, pa.string()), "token_acts": _list(win, wok, pa.float32()),
+        "word": _names(ex.words, word), "category": _names(ex.categories, cat),
+        "run_id": pa.repeat(pa.scalar(run_id, pa.string()), len(exid)),
     }, schema=SCHEMAS["corpus_top"])
+
+
+def _names(names: Sequence[str], code: np.ndarray) -> pa.Array:
+    """names[code] as an Arrow string array, null where code < 0."""
+    if len(names) == 0:
+        return pa.nulls(len(code), pa.string())
+    return pa.array(list(names), pa.string()).take(pa.array(np.where(code >= 0, code, 0), mask=code < 0))
 
 
 def stats_table(st: ScanState, layer: int, run_id: str) -> pa.Table:
