@@ -52,10 +52,12 @@ def headline(name: str, r: dict) -> str:
         if name == "scan":
             q = r["ratios"]
             f = lambda x: "–" if x is None else f"{x:.2f}x"  # noqa: E731
-            mem = (f"; peak memory {f(q['peak_delta_big_vs_small'])} from {r['sizes']['tokens']:,} to "
-                   f"{r['sizes']['big_tokens']:,} tokens" if r["sizes"].get("big_tokens") else "")
-            return (f"neurolens scan {f(q['cli_vs_bare'])} bare forward, {f(q['cli_vs_peer'])} TransformerLens "
-                    f"running top-k (its pass alone {f(q['scan_vs_bare'])}, {f(q['scan_vs_peer'])})" + mem)
+            big = (f"; over {r['sizes']['big_tokens']:,} tokens {f(q.get('cli_big_vs_bare'))} bare forward, "
+                   f"peak memory {f(q['peak_delta_big_vs_small'])} of the small run's"
+                   if r["sizes"].get("big_tokens") else "")
+            return (f"neurolens scan over {r['sizes']['tokens']:,} tokens {f(q['cli_vs_bare'])} bare forward, "
+                    f"{f(q['cli_vs_peer'])} TransformerLens running top-k (its pass alone {f(q['scan_vs_bare'])}, "
+                    f"{f(q['scan_vs_peer'])})" + big)
         if name == "distributed":
             w = r["sweep"]
             return (f"Ray {w['ray_over_inprocess']:.2f}x in-process (medians of "
