@@ -209,25 +209,18 @@ def _specials(tok: Any) -> tuple[list[int], list[int]]:
     return a[:at], a[at + len(b):]
 
 
-def cut(corpus: Corpus, tok: Any, *, length: int = 64, max_tokens: int | None = None) -> Excerpts:
-    """Excerpts of `length` tokens (special tokens included) from the corpus's token stream."""
-    pre, suf = _specials(tok)
-    body = length - len(pre) - len(suf)
-    if body < 2:
-        raise ProbeError(f"excerpt length {length} leaves no room for text")
-    sep = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
-    texts = corpus.texts
-    if max_tokens is not None:   # a prefix of documents is enough: ~4 characters per token, twice over
-        keep = np.searchsorted(np.cumsum([len(t) + 1 for t in texts]), 8 * max_tokens + 1024) + 1
-        texts = texts[:keep]
+def _encode(texts: list[str], tok: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One chunk of documents: (token ids, tokens per document, each token's word as an index
+    into the chunk's sorted lowercase words or -1, those words). A word is a maximal run of
+    ASCII letters, digits and apostrophes; a token belongs to the word of its last character."""
     enc = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
     n_tok = np.fromiter((len(x) for x in enc["input_ids"]), dtype=np.int64, count=len(texts))
     if n_tok.sum() == 0:
-        raise ProbeError(f"corpus {corpus.name} has no tokens")
+        return np.zeros(0, np.int64), n_tok, np.zeros(0, np.int64), np.zeros(0, dtype=object)
     ids = np.concatenate([np.asarray(x, dtype=np.int64) for x in enc["input_ids"] if len(x)])
     offs = np.concatenate([np.asarray(o, dtype=np.int64).reshape(-1, 2) for o in enc["offset_mapping"] if len(o)])
+    del enc
     doc = np.repeat(np.arange(len(texts)), n_tok)
-    # words: maximal runs of ASCII letters/digits/apostrophes in the joined text
     base = np.concatenate([[0], np.cumsum([len(t) + 1 for t in texts])[:-1]])
     joined = "\n".join(texts)
     cp = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
@@ -235,24 +228,58 @@ def cut(corpus: Corpus, tok: Any, *, length: int = 64, max_tokens: int | None = 
     starts = isw & ~np.concatenate([[False], isw[:-1]])
     wid = np.cumsum(starts) - 1
     found = re.findall(r"[A-Za-z0-9']+", joined)
-    vocab, inv = np.unique(np.array([w.lower() for w in found], dtype=object), return_inverse=True)
+    words, inv = np.unique(np.array([w.lower() for w in found], dtype=object), return_inverse=True)
     last = base[doc] + np.maximum(offs[:, 1] - 1, offs[:, 0])          # the token's last character
     last = np.clip(last, 0, len(cp) - 1)
-    word = np.where(isw[last] & (offs[:, 1] > offs[:, 0]), inv[wid[last]], -1)
+    word = np.where(isw[last] & (offs[:, 1] > offs[:, 0]), inv[wid[last]] if len(inv) else -1, -1)
+    return ids, n_tok, word, words
+
+
+def cut(corpus: Corpus, tok: Any, *, length: int = 64, max_tokens: int | None = None,
+        chunk: int = 1 << 19) -> Excerpts:
+    """Excerpts of `length` tokens (special tokens included) from the corpus's token stream.
+    Documents are tokenised about `chunk` characters at a time, each chunk's tokens kept as
+    arrays only, and only until the excerpts asked for are filled: memory holds the excerpts,
+    not the tokeniser's Python lists for the whole corpus."""
+    pre, suf = _specials(tok)
+    body = length - len(pre) - len(suf)
+    if body < 2:
+        raise ProbeError(f"excerpt length {length} leaves no room for text")
+    sep = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+    need = None if max_tokens is None else max(1, -(-max_tokens // length)) * body
     cat_names = sorted(set(corpus.categories)) if corpus.categories is not None else []
-    cat_of_doc = (np.searchsorted(np.array(cat_names, dtype=object), np.array(corpus.categories[:len(texts)],
-                                                                              dtype=object))
-                  if cat_names else np.full(len(texts), -1))
-    cat = cat_of_doc[doc]
-    # one stream, a separator after every document
-    if sep is not None:
-        ends = np.cumsum(n_tok)
-        ids = np.insert(ids, ends, sep)
-        word = np.insert(word, ends, -1)
-        cat = np.insert(cat, ends, -1)
-    if max_tokens is not None:
-        n_ex = max(1, -(-max_tokens // length))
-        ids, word, cat = ids[:n_ex * body], word[:n_ex * body], cat[:n_ex * body]
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    vocabs: list[np.ndarray] = []
+    have = n_text = 0
+    ends_at = np.cumsum(np.fromiter((len(t) + 1 for t in corpus.texts), dtype=np.int64, count=len(corpus.texts)))
+    lo = 0
+    while lo < len(corpus.texts):
+        hi = max(lo + 1, int(np.searchsorted(ends_at, (ends_at[lo - 1] if lo else 0) + chunk, "right")))
+        texts, lo0, lo = corpus.texts[lo:hi], lo, hi
+        ids, n_tok, word, words = _encode(texts, tok)
+        cat = (np.searchsorted(np.array(cat_names, dtype=object),
+                               np.array(corpus.categories[lo0:hi], dtype=object))
+               if cat_names else np.full(len(texts), -1))[np.repeat(np.arange(len(texts)), n_tok)]
+        if sep is not None:                 # one stream, a separator after every document
+            ends = np.cumsum(n_tok)
+            ids, word, cat = np.insert(ids, ends, sep), np.insert(word, ends, -1), np.insert(cat, ends, -1)
+        parts.append((ids, word, cat))
+        vocabs.append(words)
+        n_text += int(n_tok.sum())
+        have += len(ids)
+        if need is not None and have >= need:
+            break
+    if n_text == 0:
+        raise ProbeError(f"corpus {corpus.name} has no tokens")
+    vocab = np.unique(np.concatenate(vocabs))
+    remap = [np.searchsorted(vocab, w) if len(w) else np.zeros(0, np.int64) for w in vocabs]
+    ids = np.concatenate([p[0] for p in parts])
+    word = np.concatenate([np.where(p[1] >= 0, r[np.maximum(p[1], 0)] if len(r) else -1, -1)
+                           for p, r in zip(parts, remap)])
+    cat = np.concatenate([p[2] for p in parts])
+    del parts
+    if need is not None:
+        ids, word, cat = ids[:need], word[:need], cat[:need]
     n = len(ids)
     e = -(-n // body)
     lengths = np.full(e, length, dtype=np.int64)

@@ -44,3 +44,23 @@ def test_excerpts_keep_words_and_length(minilm):
     m = ex.concept_mask(["king", "queen"])
     toks = minilm.processor.convert_ids_to_tokens(ex.ids[m].tolist())
     assert set(toks) == {"king", "queen"} and m.sum() == 10
+
+
+@pytest.mark.parametrize("max_tokens", [None, 3000])
+def test_chunked_tokenising_cuts_the_same_excerpts(minilm, max_tokens):
+    """Documents tokenised a few at a time (bounded memory) give the excerpts, words and
+    categories of one call over the whole corpus; the vocabulary too when all of it is read."""
+    from neurolens.probes.corpora import Corpus
+
+    c = wordnet() if WORDNET_DIR.exists() else None
+    c = Corpus("t", c.texts[:400], c.categories[:400]) if c else Corpus("t", TEXTS * 40, ["a", "b"] * (len(TEXTS) * 20))
+    whole = cut(c, minilm.processor, length=16, max_tokens=max_tokens, chunk=1 << 40)
+    parts = cut(c, minilm.processor, length=16, max_tokens=max_tokens, chunk=500)
+    for f in ("ids", "lengths", "cat"):
+        assert (getattr(whole, f) == getattr(parts, f)).all(), f
+    word = lambda e: [e.words[w] if w >= 0 else None for w in e.word.ravel()]  # noqa: E731
+    assert word(whole) == word(parts) and (whole.word >= 0).sum() > 100
+    if max_tokens is None:
+        assert list(whole.words) == list(parts.words)
+    else:
+        assert whole.n_tokens <= max_tokens + 16
