@@ -299,11 +299,18 @@ class ScanState:
     # -- combining ---------------------------------------------------------------------------
     def merge(self, other: ScanState) -> ScanState:
         """A new state equal to scanning both parts' excerpts (disjoint excerpt ids)."""
-        if (self.k, self.window, self.samples, self.gated, self.n_bins) != \
-                (other.k, other.window, other.samples, other.gated, other.n_bins) \
-                or not torch.equal(self.lo, other.lo) or not torch.equal(self.scale, other.scale):
+        a = self.copy()
+        a.merge_(other.copy())
+        return a
+
+    def merge_(self, other: ScanState) -> ScanState:
+        """`merge` in place: this state becomes the merged one, without a copy of either (a
+        scan that merges shard after shard keeps two states alive, not four). `other` is read,
+        its pending samples folded in first."""
+        a, b = self, other
+        if (a.k, a.window, a.samples, a.gated, a.n_bins) != (b.k, b.window, b.samples, b.gated, b.n_bins) \
+                or not torch.equal(a.lo, b.lo) or not torch.equal(a.scale, b.scale):
             raise ValueError("scan states with different settings or bins cannot be merged")
-        a, b = self.copy(), other.copy()
         a._merge_moments_state(b)
         a.active += b.active
         a.hist += b.hist

@@ -230,7 +230,12 @@ def run_scan(adapter: Adapter, ex: Excerpts, store: Store, *, layers: Sequence[i
                     arrived[j] = states
                 got = {l: st if isinstance(st, ScanState) else ScanState.from_state_dict(st, adapter.device)
                        for l, st in arrived.pop(i).items()}
-            merged = got if merged is None else {l: merged[l].merge(got[l]) for l in todo}
+            if merged is None:
+                merged = dict(got)
+            else:            # layer by layer in place: two states alive, the merged and the shard's
+                for l in todo:
+                    merged[l].merge_(got.pop(l))
+            del got
             if on_shard:
                 on_shard(i)
     finally:
