@@ -45,6 +45,20 @@ def _reachable(address: str) -> None:
         raise ConfigError(f"the Ray cluster at {address} does not answer (--address)") from None
 
 
+def _loopback_only() -> None:
+    """On Linux Ray maps a node address of 127.0.0.1 to the machine's reachable one, and a new
+    local cluster then listens on every interface; the switch Ray itself uses on macOS and
+    Windows (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) keeps it on loopback. Ray reads that variable
+    when it is imported, so the constant it sets is set here (a private name: where a Ray
+    version lacks it, the cluster starts as Ray decides)."""
+    try:
+        from ray._private import ray_constants
+    except ImportError:
+        return
+    if hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):
+        ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
     """Join the cluster at `address` (or the one this process already joined), else start a
     local one. Only this process's variables that a worker needs are forwarded."""
@@ -58,8 +72,12 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
     if address:
         _reachable(address)
         kw["address"] = address
+        if address.rpartition(":")[0] in ("127.0.0.1", "localhost"):
+            _loopback_only()      # a cluster on loopback: this driver's node is 127.0.0.1 too
+            kw["_node_ip_address"] = "127.0.0.1"
     else:
         kw.update(num_cpus=num_cpus or os.cpu_count(), _node_ip_address="127.0.0.1")  # a local cluster: loopback only
+        _loopback_only()
         # Ray starts workers at niceness 15, so a sweep on a local cluster yields its cores to
         # anything else the machine runs; the in-process executor runs at this process's
         # priority, and so do the workers of a cluster we start (as Ray's job server does)

@@ -203,6 +203,20 @@ def test_workers_of_a_local_cluster_run_at_the_drivers_priority(ray_cluster):
     assert ray.get(niceness.remote()) == os.nice(0)
 
 
+
+def test_a_local_cluster_listens_on_loopback_only(ray_cluster):
+    """The cluster a sweep starts for itself answers no other machine: every socket that the
+    driver's Ray processes listen on is a loopback address."""
+    import psutil
+
+    assert ray_cluster.startswith("127.0.0.1:"), ray_cluster
+    procs = psutil.Process().children(recursive=True)
+    names = {p.name() for p in procs}
+    assert {"gcs_server", "raylet"} <= names, names
+    listening = {(p.name(), c.laddr.ip) for p in procs for c in p.net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN}
+    assert listening and all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for _, ip in listening), listening
+
 WRITE_LABELS = """
 import pyarrow as pa
 from neurolens.store.delta import DeltaStore, table_schema
