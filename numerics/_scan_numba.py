@@ -10,8 +10,12 @@ passes and no sort runs; the few that pass are ordered among themselves and merg
 list in one bottom-up sweep, each row moved at most once. Sample candidates are those whose
 key is below their segment's S-th and are inserted in place. The lists keep the torch
 backend's order (value desc, excerpt id asc; sample keys asc), so both give the same state.
-A second walk gives the batch's centred sum of squares around its float64 mean, which the
-caller merges into the state by Chan's formula.
+The same walk sums, in float64, each activation's difference from a shift and its square:
+the batch's mean is shift + sum/m and its centred sum of squares sum2 - sum^2/m. The caller
+gives the state's running mean as the shift, which lies within a few deviations of the batch's
+mean, so nothing cancels; a state with no tokens yet gives none, and a first walk over the
+batch finds its exact mean to shift by (the two-pass formula). The caller merges the batch's
+moments into the state by Chan's formula.
 
 Values are float32; bins are computed in float32 as ``floor((a - lo) * scale)``, the torch
 backend's expression, so they agree bit for bit. A NaN activation lands in the underflow bin.
@@ -116,14 +120,15 @@ def _offer_batch(val, exs, pos, win, start, j, ev, epos, ex_ids, lengths, x, can
 
 
 @njit(parallel=True, cache=True)
-def fold_batch(x, valid, ex_ids, lo, scale, gated, gate, up, with_signs,
+def fold_batch(x, valid, ex_ids, lo, scale, gated, gate, up, with_signs, shift, has_shift,
                mb, m2b, active, hist, hist_max,
                top_val, top_ex, top_pos, top_win, top_start,
                bot_val, bot_ex, bot_pos, bot_win, bot_start,
                s_key, s_val, s_ex, s_pos, signs):
     """Fold one batch x [E, T, N] float32 (valid [E, T] bool, ex_ids [E] int64) into the
     state's arrays in place; mb/m2b [N] receive the batch's float64 mean and centred sum of
-    squares. bot_* are read only when `gated`, gate/up [E, T, N] and signs only when
+    squares, summed around `shift` [N] float64 where `has_shift` (else around the batch's own
+    mean, found by a first walk). bot_* are read only when `gated`, gate/up [E, T, N] and signs only when
     `with_signs`. Returns the number of valid tokens."""
     e_n, t_n, n = x.shape
     nb = hist.shape[1]
@@ -144,6 +149,20 @@ def fold_batch(x, valid, ex_ids, lo, scale, gated, gate, up, with_signs,
         lo_c = lo[j0:j0 + w]
         sc_c = scale[j0:j0 + w]
         acc = np.zeros(w, np.float64)
+        q = np.zeros(w, np.float64)
+        sh = np.zeros(w, np.float64)
+        if has_shift:
+            for jj in range(w):
+                sh[jj] = shift[j0 + jj]
+        elif m > 0:                                  # no running mean yet: the batch's own
+            for e in range(e_n):
+                for t in range(t_n):
+                    if valid[e, t]:
+                        row = x[e, t, j0:j0 + w]
+                        for jj in range(w):
+                            sh[jj] += row[jj]
+            for jj in range(w):
+                sh[jj] /= m
         act = np.zeros(w, np.int64)
         hist_c = np.zeros((nb, w), np.int32)     # [bin, neuron]: neighbours count in neighbours
         sg = np.zeros((4, w), np.int64)
@@ -163,7 +182,9 @@ def fold_batch(x, valid, ex_ids, lo, scale, gated, gate, up, with_signs,
                 row = x[e, t, j0:j0 + w]
                 for jj in range(w):                  # each of these loops vectorises
                     v = row[jj]
-                    acc[jj] += v
+                    d = np.float64(v) - sh[jj]
+                    acc[jj] += d
+                    q[jj] += d * d
                     act[jj] += np.int64(v > 0)
                     g = v > mx_e[jj]
                     mx_e[jj] = v if g else mx_e[jj]
@@ -188,18 +209,14 @@ def fold_batch(x, valid, ex_ids, lo, scale, gated, gate, up, with_signs,
                         sg[1, jj] += np.int64(not gp and u)
                         sg[2, jj] += np.int64(gp and not u)
                         sg[3, jj] += np.int64(gp and u)
-        # the batch's float64 mean, then its centred squares in a second walk
+        # the batch's float64 mean and centred sum of squares from the shifted sums
         for jj in range(w):
-            acc[jj] = acc[jj] / m if m > 0 else 0.0
-        q = np.zeros(w, np.float64)
-        for e in range(e_n):
-            for t in range(t_n):
-                if not valid[e, t]:
-                    continue
-                row = x[e, t, j0:j0 + w]
-                for jj in range(w):
-                    d = np.float64(row[jj]) - acc[jj]
-                    q[jj] += d * d
+            if m > 0:
+                mu = acc[jj] / m
+                q[jj] = q[jj] - mu * acc[jj]
+                acc[jj] = sh[jj] + mu
+            else:
+                acc[jj] = 0.0
         # per neuron: counts out, then the batch's excerpts offered to its lists and samples
         cand = np.empty(e_n, np.int64)
         src = np.empty(top_val.shape[0], np.int64)

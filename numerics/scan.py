@@ -177,8 +177,11 @@ class ScanState:
             if self.gated else top
         signs = self.signs.numpy() if self.signs is not None else np.zeros((1, 4), dtype=np.int64)
         mb, m2b = np.empty(n), np.empty(n)
+        has_shift = self.n_tokens > 0
+        shift = self.mean.contiguous().numpy() if has_shift else mb
         m = int(fold_batch(x, ok, ex, self.lo.numpy(), self.scale.numpy(), self.gated, g, u, with_signs,
-                           mb, m2b, self.active.numpy(), self.hist.numpy(), self.hist_max.numpy(), *top, *bot,
+                           shift, has_shift, mb, m2b, self.active.numpy(), self.hist.numpy(),
+                           self.hist_max.numpy(), *top, *bot,
                            self.s_key.numpy(), self.s_val.numpy(), self.s_ex.numpy(), self.s_pos.numpy(),
                            signs))
         self._merge_moments(m, torch.from_numpy(mb), torch.from_numpy(m2b))
@@ -331,6 +334,22 @@ class ScanState:
         a.flush()
         a.n_excerpts += b.n_excerpts
         return a
+
+    def split_moments(self) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """Set this state's moments aside (returned) and start them afresh. The batches that
+        follow sum theirs apart, and `join_moments` merges them in as `merge_` would merge a
+        separate state's: a shard folded into this state in place leaves it bit for bit equal
+        to the shard scanned on its own and merged, while only one state is alive."""
+        saved = (self.n_tokens, self.mean, self.m2)
+        self.n_tokens, self.mean, self.m2 = 0, torch.zeros_like(self.mean), torch.zeros_like(self.m2)
+        return saved
+
+    def join_moments(self, saved: tuple[int, torch.Tensor, torch.Tensor]) -> None:
+        """Merge the moments summed since `split_moments` into those it set aside."""
+        nb, mb, m2b = self.n_tokens, self.mean, self.m2
+        self.n_tokens, self.mean, self.m2 = saved
+        self._merge_moments(nb, mb, m2b)
+        self.n_tokens += nb
 
     def _merge_moments_state(self, b: ScanState) -> None:
         na = self.n_tokens

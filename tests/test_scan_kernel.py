@@ -101,8 +101,9 @@ def test_merge_refuses_different_bins():
         a.merge(b)
 
 
-def _same_state(a: ScanState, b: ScanState) -> None:
-    """Bit for bit, but for the float64 moments (summed in another order)."""
+def _same_state(a: ScanState, b: ScanState, amax: float = 1.0) -> None:
+    """Bit for bit, but for the float64 moments (summed in another order and around another
+    shift): those to float64's accuracy for activations of magnitude up to `amax`."""
     from dataclasses import fields
 
     for f in fields(ScanState):
@@ -110,7 +111,7 @@ def _same_state(a: ScanState, b: ScanState) -> None:
         if f.name == "_pending":
             continue
         if f.name in ("mean", "m2"):
-            torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-15 * max(amax, 1.0))
         elif isinstance(x, torch.Tensor):
             assert x.dtype == y.dtype and x.shape == y.shape, f.name
             if x.dtype == torch.float32:
@@ -120,14 +121,17 @@ def _same_state(a: ScanState, b: ScanState) -> None:
             assert x == y, f.name
 
 
+AMAX = 1e6     # the awkward activations' largest magnitude
+
+
 def _awkward(seed: int, e: int = 45, t: int = 9, n: int = 300):
     """Ties (values on a 0.5 grid, -0.0 beside 0.0), a mask with holes, an excerpt with no
     valid token, values beyond both outer bins, and two chunks of neurons, one partial."""
     rng = np.random.default_rng(seed)
     acts = (np.round(rng.standard_normal((e, t, n)) * 2) / 2).astype(np.float32)
     acts[acts == 0] = rng.choice(np.array([0.0, -0.0], np.float32), size=int((acts == 0).sum()))
-    acts[3, 4, :] = 1e6
-    acts[5, 0, :] = -1e6
+    acts[3, 4, :] = AMAX
+    acts[5, 0, :] = -AMAX
     valid = rng.random((e, t)) < 0.8
     valid[7] = False
     valid[[3, 5]] = True
@@ -150,9 +154,9 @@ def test_backends_agree_bit_for_bit(gated):
         for b, st in states.items():
             st.update(*args, backend=b if b != "mixed" else ("numba", "torch")[i % 2])
         states["torch"].flush()
-        _same_state(states["numba"], states["torch"])
+        _same_state(states["numba"], states["torch"], AMAX)
     states["mixed"].flush()
-    _same_state(states["numba"], states["mixed"])
+    _same_state(states["numba"], states["mixed"], AMAX)
     assert states["numba"].hist[:, 0].sum() > 0 and states["numba"].hist[:, -1].sum() > 0
     tv = states["numba"].top_val
     assert (tv[1:] == tv[:-1]).any(0).float().mean() > 0.5        # ties: decided by excerpt id
@@ -161,7 +165,7 @@ def test_backends_agree_bit_for_bit(gated):
     for b in st:
         st[b].update(torch.from_numpy(acts[:12]), torch.from_numpy(ex[:12]), backend=b)
         st[b].flush()
-    _same_state(st["numba"], st["torch"])
+    _same_state(st["numba"], st["torch"], AMAX)
     assert st["numba"].n_tokens == 12 * acts.shape[1]
 
 
