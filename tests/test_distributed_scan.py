@@ -94,10 +94,21 @@ def _first_two(runner):
     return run
 
 
+class _Stop(Exception):
+    pass
+
+
+def _stop_after_two(i: int) -> None:
+    if i == 1:
+        raise _Stop
+
+
 @pytest.mark.parametrize("first, then", [("inprocess", "ray"), ("ray", "inprocess")])
 def test_a_scan_begun_by_one_executor_resumes_on_the_other(model, corpus, reference, ray_cluster, tmp_path,
                                                            first, then):
-    from neurolens.engine.runtime.scan import ScanSettings, in_process, run_scan, shard_ranges
+    """In this process the shards fold into one checkpointed set of states; on Ray each shard's
+    states are saved apart. Either's files resume on the other, to the same tables."""
+    from neurolens.engine.runtime.scan import ScanSettings, run_scan, shard_ranges
     from neurolens.executors import scan_shards_ray
     from neurolens.probes.corpora import cut, load_corpus
     from neurolens.store import Store
@@ -107,12 +118,18 @@ def test_a_scan_begun_by_one_executor_resumes_on_the_other(model, corpus, refere
     store = Store(tmp_path / "out" / "store")
     store.ensure()
     s = ScanSettings(k=KW["k"], batch_size=KW["batch_size"])
-    runner = {"inprocess": in_process(a), "ray": scan_shards_ray(a, ray_cluster)}
-    with pytest.raises(RuntimeError, match="without shard 2"):
-        run_scan(a, ex, store, layers=LAYERS, settings=s, n_shards=4, runner=_first_two(runner[first]))
-    saved = sorted(f.name for f in (store.root / "_scans").rglob("shard-*.pt"))
-    assert saved == ["shard-0000.pt", "shard-0001.pt"] and not (store.root / "corpus_top").exists()
-    got = run_scan(a, ex, store, layers=LAYERS, settings=s, n_shards=4, runner=runner[then])
+    ray = scan_shards_ray(a, ray_cluster)
+    if first == "ray":
+        with pytest.raises(RuntimeError, match="without shard 2"):
+            run_scan(a, ex, store, layers=LAYERS, settings=s, n_shards=4, runner=_first_two(ray))
+        want = ["shard-0000.pt", "shard-0001.pt"]
+    else:
+        with pytest.raises(_Stop):
+            run_scan(a, ex, store, layers=LAYERS, settings=s, n_shards=4, on_shard=_stop_after_two)
+        want = ["upto-0001.pt"]
+    saved = sorted(f.name for f in (store.root / "_scans").rglob("*.pt") if f.name != "edges.pt")
+    assert saved == want and not (store.root / "corpus_top").exists()
+    got = run_scan(a, ex, store, layers=LAYERS, settings=s, n_shards=4, runner=ray if then == "ray" else None)
     left = shard_ranges(len(ex), 4)[2:]
     assert got["tokens"] == sum(int(ex.lengths[idx].sum()) for idx in left)   # shards 0 and 1 were reused
     assert_equal(tables(tmp_path / "out"), reference)

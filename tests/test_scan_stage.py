@@ -79,8 +79,8 @@ def test_kill_9_then_rerun_gives_identical_tables(planted_factory, tmp_path):
     code = KILLER.format(root=str(ROOT), path=str(pm.path), store=str(killed))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == -9, r.stderr[-2000:]
-    work = list((killed / "_scans").rglob("shard-*.pt"))
-    assert len(work) == 2                      # shards 0 and 1 saved before the kill
+    work = [f.name for f in (killed / "_scans").rglob("*.pt") if f.name != "edges.pt"]
+    assert work == ["upto-0001.pt"]            # one checkpoint: shards 0 and 1 merged before the kill
     assert not (killed / "corpus_top").exists()
     adapter = registry.load(str(pm.path), device="cpu")
     ex = cut(mixed_corpus(120), adapter.processor, length=16)
@@ -91,7 +91,7 @@ def test_kill_9_then_rerun_gives_identical_tables(planted_factory, tmp_path):
     b = _tables(Store(tmp_path / "clean"), adapter.name, "mixed", [1, 2])
     for key in a:
         assert a[key].equals(b[key]), key
-    assert not list((killed / "_scans").rglob("shard-*.pt"))   # work files gone once published
+    assert not list((killed / "_scans").rglob("*.pt"))   # work files gone once published
     # a single-shard scan publishes the same tables too (the merge is exact)
     run_scan(adapter, ex, Store(tmp_path / "one"), layers=[1, 2], settings=S, n_shards=1)
     c = _tables(Store(tmp_path / "one"), adapter.name, "mixed", [1, 2])
@@ -212,3 +212,39 @@ def test_the_rate_of_a_rerun_counts_only_the_tokens_it_streamed(planted_factory,
     again = scan(a, str(corpus), layers=[1], out=str(tmp_path / "out"), k=4, length=16, progress=False)
     assert again.scanned == [] and again.forwarded == 0 and math.isnan(again.tokens_per_s)
     assert ScanResult("m", "c", [0], 10, 1000, 2.0, forwarded=300).tokens_per_s == 150.0
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_logit_effects_equal_a_float64_reference(planted_factory, family, tmp_path):
+    """Each neuron's boosted and suppressed tokens: readout column x final norm scale x
+    unembedding, recomputed in float64 (ids, order, effects and token names)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from neurolens.engine.models.logit_effects import _final_scale, readout_rows
+    from neurolens.scans import write_logit_effects
+    from neurolens.store import read_table
+
+    a = registry.load(str(planted_factory(family).path), device="cpu")
+    store = Store(tmp_path / "store")
+    store.ensure()
+    k = 4
+    assert write_logit_effects(a, store, [0, 1], k=k)
+    t = read_table(store, "logit_effects", {"model": a.name})
+    wu = a.model.get_output_embeddings().weight.detach().double()
+    for l in (0, 1):
+        eff = (readout_rows(a, l).double() * _final_scale(a).double()) @ wu.t()           # [N, V]
+        rows = t.filter(pc.equal(t["layer"], l))
+        n = eff.shape[0]
+        order = np.lexsort((rows["rank"].to_numpy(), rows["neuron"].to_numpy()))
+        ids = rows["token_id"].to_numpy()[order].reshape(n, 2 * k)
+        got = rows["effect"].to_numpy()[order].reshape(n, 2 * k)
+        top, bot = eff.topk(k, dim=1), eff.topk(k, dim=1, largest=False)
+        # ranks -k..-1 sort first: the bottom list, most suppressed (rank -1) last
+        assert np.array_equal(ids[:, k:], top.indices.numpy())
+        assert np.array_equal(ids[:, :k][:, ::-1], bot.indices.numpy())
+        np.testing.assert_allclose(got[:, k:], top.values.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got[:, :k][:, ::-1], bot.values.numpy(), rtol=1e-5, atol=1e-6)
+        names = rows["token"].to_numpy(zero_copy_only=False)[order].reshape(n, 2 * k)
+        assert names[0, k] == a.processor.decode([int(ids[0, k])])
+

@@ -1,11 +1,12 @@
 """Corpus scan: stream excerpts through the model once, folding every batch into a per-layer
 `ScanState` on the device (numerics/scan.py), in memory bounded by k x neurons.
 
-The corpus is cut into shards; each shard's states are saved as it finishes, and the shards'
-states are merged in shard order, so a scan killed at any point resumes at its first
-unfinished shard and publishes exactly the tables an uninterrupted scan would (the state merge
-is exact; the float64 moments are merged in the same fixed order). The per-token activations
-kept are only the W-token windows around each kept maximum.
+The corpus is cut into shards, folded in shard order: in this process into one set of states,
+checkpointed after each shard; on a cluster each shard's own states, saved as they arrive and
+merged in turn. A scan killed at any point resumes after its last saved shard and publishes
+exactly the tables an uninterrupted scan would (the state merge is exact; the float64 moments
+are merged in the same fixed order either way). The per-token activations kept are only the
+W-token windows around each kept maximum.
 """
 from __future__ import annotations
 
@@ -103,16 +104,23 @@ def calibrate(adapter: Adapter, ex: Excerpts, layers: Sequence[int], s: ScanSett
     return {l: edges_from(mm.unsqueeze(0), bins=s.bins) for l, mm in got.items()}
 
 
+def empty_states(adapter: Adapter, layers: Sequence[int], edges: dict, s: ScanSettings
+                 ) -> dict[int, ScanState]:
+    return {l: ScanState.empty(edges[l][0].to(adapter.device), edges[l][1].to(adapter.device), k=s.k,
+                               window=s.window, samples=s.samples, gated=is_gated(adapter), bins=s.bins)
+            for l in sorted(layers)}
+
+
 def scan_states(adapter: Adapter, ex: Excerpts, layers: Sequence[int], edges: dict, s: ScanSettings,
-                index: np.ndarray | None = None, progress: Callable[[int], None] | None = None
-                ) -> dict[int, ScanState]:
-    """One pass over the excerpts `index` (default all): a ScanState per layer, on the device."""
+                index: np.ndarray | None = None, progress: Callable[[int], None] | None = None,
+                into: dict[int, ScanState] | None = None) -> dict[int, ScanState]:
+    """One pass over the excerpts `index` (default all): a ScanState per layer, on the device.
+    `into` (states of earlier shards) is folded into in place instead, its moments summed apart
+    and merged at the end, so it ends equal to merging this pass's own states into it."""
     layers = sorted(layers)
     index = np.arange(len(ex)) if index is None else np.asarray(index)
-    gated = is_gated(adapter)
-    states = {l: ScanState.empty(edges[l][0].to(adapter.device), edges[l][1].to(adapter.device), k=s.k,
-                                 window=s.window, samples=s.samples, gated=gated, bins=s.bins)
-              for l in layers}
+    states = into if into is not None else empty_states(adapter, layers, edges, s)
+    saved = {l: states[l].split_moments() for l in layers} if into is not None else {}
     box: dict = {}
     cur: dict = {}
 
@@ -129,8 +137,10 @@ def scan_states(adapter: Adapter, ex: Excerpts, layers: Sequence[int], edges: di
             adapter.forward(b)
             if progress:
                 progress(b.n_tokens)
-    for st in states.values():
+    for l, st in states.items():
         st.flush()
+        if l in saved:
+            st.join_moments(saved[l])
     return states
 
 
@@ -162,24 +172,19 @@ class ShardRunner(Protocol):
                  ) -> Iterable[tuple[int, Mapping[int, ScanState | dict]]]: ...
 
 
-def in_process(adapter: Adapter) -> ShardRunner:
-    """The default runner: the shards one after another on `adapter`, in shard order."""
-    def run(ex: Excerpts, layers: list[int], edges: dict, s: ScanSettings, shards: list[Shard],
-            progress: Callable[[int], None] | None) -> Iterator[tuple[int, dict[int, ScanState]]]:
-        for i, idx in shards:
-            yield i, scan_states(adapter, ex, layers, edges, s, idx, progress)
-    return run
-
-
 def run_scan(adapter: Adapter, ex: Excerpts, store: Store, *, layers: Sequence[int],
              settings: ScanSettings | None = None, n_shards: int | None = None,
              progress: Callable[[int], None] | None = None,
              on_shard: Callable[[int], None] | None = None, runner: ShardRunner | None = None) -> dict:
-    """Scan `layers` (those not yet published for this corpus and key), shard by shard with each
-    shard's states saved as it arrives, then merge in shard order and publish corpus_top and
-    neuron_stats per layer. `runner` computes the shards that have no saved state (default: in
-    this process); whichever computed a shard, its file is the same, so a scan resumes across
-    runners."""
+    """Scan `layers` (those not yet published for this corpus and key) shard by shard, merge in
+    shard order and publish corpus_top and neuron_stats per layer.
+
+    Without a `runner`, this process folds every shard into one set of states in place (each
+    shard's moments summed apart and merged as a separate shard's would be) and checkpoints
+    them after every shard but the last: memory holds one set of states however long the
+    corpus. A `runner` (a cluster) computes the shards that have no saved state, each saved as
+    it arrives and merged in turn. The tables are the same either way, and a scan resumes from
+    either's files."""
     s = settings or ScanSettings()
     if adapter.modality != "text":
         raise ModelError(f"{adapter.name} is a vision model: corpus scans read text")
@@ -207,18 +212,29 @@ def run_scan(adapter: Adapter, ex: Excerpts, store: Store, *, layers: Sequence[i
         _save(edges, edges_f)
     shards = shard_ranges(len(ex), n_shards)
     files = [work / f"shard-{i:04d}.pt" for i in range(len(shards))]
-    pending = [(i, idx) for i, idx in enumerate(shards) if not files[i].exists()]
-    saved = {i for i, f in enumerate(files) if f.exists()}
-    runs = iter((runner or in_process(adapter))(ex, todo, edges, s, pending, progress) if pending else ())
+    merged, done = _checkpoint(work, adapter)
+    for i in range(done + 1):
+        if progress:
+            progress(int(ex.lengths[shards[i]].sum()))
+    in_place = runner is None           # this process: every shard folded into one set of states
+    pending = [(i, idx) for i, idx in enumerate(shards) if i > done and not files[i].exists()]
+    saved = {i for i, f in enumerate(files) if i > done and f.exists()}
+    runs = iter(runner(ex, todo, edges, s, pending, progress) if pending and not in_place else ())
     arrived: dict[int, Mapping[int, ScanState | dict]] = {}   # computed ahead of their turn
     tokens = 0
-    merged: dict[int, ScanState] | None = None
     try:
         for i, idx in enumerate(shards):
+            if i <= done:
+                continue
             if i in saved:
                 got = {l: ScanState.from_state_dict(d, adapter.device) for l, d in torch.load(files[i]).items()}
                 if progress:
                     progress(int(ex.lengths[idx].sum()))
+            elif in_place:
+                merged = scan_states(adapter, ex, todo, edges, s, idx, progress,
+                                     into=merged if merged is not None else empty_states(adapter, todo, edges, s))
+                tokens += int(ex.lengths[idx].sum())
+                got = None
             else:
                 while i not in arrived:
                     j, states = next(runs, (None, None))
@@ -230,12 +246,17 @@ def run_scan(adapter: Adapter, ex: Excerpts, store: Store, *, layers: Sequence[i
                     arrived[j] = states
                 got = {l: st if isinstance(st, ScanState) else ScanState.from_state_dict(st, adapter.device)
                        for l, st in arrived.pop(i).items()}
-            if merged is None:
+            if got is None:
+                pass
+            elif merged is None:
                 merged = dict(got)
             else:            # layer by layer in place: two states alive, the merged and the shard's
                 for l in todo:
                     merged[l].merge_(got.pop(l))
             del got
+            if in_place and i < len(shards) - 1:
+                _save_checkpoint(work, i, merged)
+                files[i].unlink(missing_ok=True)
             if on_shard:
                 on_shard(i)
     finally:
@@ -257,6 +278,26 @@ def run_scan(adapter: Adapter, ex: Excerpts, store: Store, *, layers: Sequence[i
                 shutil.rmtree(staged, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
     return {"layers": todo, "run_id": run_id, "key": key, "tokens": tokens}
+
+
+def _checkpoint(work: Path, adapter: Adapter) -> tuple[dict[int, ScanState] | None, int]:
+    """The states merged through the last shard an in-process scan finished, and that shard's
+    index (None, -1 where there is none)."""
+    got = sorted(work.glob("upto-*.pt"))
+    if not got:
+        return None, -1
+    d = torch.load(got[-1])
+    return ({l: ScanState.from_state_dict(x, adapter.device) for l, x in d.items()},
+            int(got[-1].stem.split("-")[1]))
+
+
+def _save_checkpoint(work: Path, i: int, merged: Mapping[int, ScanState]) -> None:
+    """Replace the checkpoint with the states merged through shard `i` (one file, not one per
+    shard: a resumed scan needs only the latest)."""
+    old = list(work.glob("upto-*.pt"))
+    _save({l: st.state_dict() for l, st in merged.items()}, work / f"upto-{i:04d}.pt")
+    for f in old:
+        f.unlink(missing_ok=True)
 
 
 def _save(obj, path: Path) -> None:
