@@ -110,24 +110,26 @@ def write_logit_effects(adapter: Any, store: Any, layers: list[int], k: int = 10
     if not todo:
         return bool(have)
     tables = [read_table(store, "logit_effects", parts)] if have else []
-    tok = adapter.processor
+    got = {}
     for l in todo:
-        got = logit_effects(adapter, l, k)
-        if got is None:
+        g = logit_effects(adapter, l, k)
+        if g is None:
             return False
-        ti, tv, bi, bv = (x.numpy() for x in got)
+        got[l] = [x.numpy() for x in g]
+    ids = {l: np.concatenate([g[0], g[2]], 1) for l, g in got.items()}
+    u = np.unique(np.concatenate([x.ravel() for x in ids.values()]))    # decoded once, all layers
+    names = np.array(adapter.processor.batch_decode(u.reshape(-1, 1).tolist()), dtype=object)
+    for l, (ti, tv, bi, bv) in got.items():
         n = ti.shape[0]
-        ids = np.concatenate([ti, bi], 1)
         eff = np.concatenate([tv, bv], 1)
         rank = np.concatenate([np.arange(1, k + 1), -np.arange(1, k + 1)])[None, :].repeat(n, 0)
-        u, inv = np.unique(ids, return_inverse=True)
-        names = np.array(tok.batch_decode([[int(i)] for i in u]), dtype=object)[inv.reshape(ids.shape)]
         tables.append(pa.table({
-            "layer": pa.array(np.full(ids.size, l, dtype=np.int32)),
+            "layer": pa.array(np.full(ids[l].size, l, dtype=np.int32)),
             "neuron": pa.array(np.arange(n, dtype=np.int32).repeat(2 * k)),
-            "rank": pa.array(rank.ravel().astype(np.int32)), "token_id": pa.array(ids.ravel().astype(np.int64)),
-            "token": pa.array(names.ravel(), pa.string()), "effect": pa.array(eff.ravel().astype(np.float32)),
-            "run_id": pa.array(["logits-" + msha] * ids.size, pa.string()),
+            "rank": pa.array(rank.ravel().astype(np.int32)), "token_id": pa.array(ids[l].ravel().astype(np.int64)),
+            "token": pa.array(names[np.searchsorted(u, ids[l].ravel())], pa.string()),
+            "effect": pa.array(eff.ravel().astype(np.float32)),
+            "run_id": pa.array(["logits-" + msha] * ids[l].size, pa.string()),
         }, schema=SCHEMAS["logit_effects"]))
     allk = sorted(have | set(todo))
     store.write_partition("logit_effects", parts, pa.concat_tables(tables), key=f"{msha}:{allk}",
