@@ -28,7 +28,7 @@ Each job runs in a fresh process (common.measure_job); throughput = tokens / sec
 job's measured part; jobs alternate their order over the repetitions; medians are reported.
 
     python benchmarks/bench_scan.py [--smoke]     # or: python -m benchmarks --only scan
-    (full size on 2 CPU cores: about 28 min, 14 of them the 1M-token command; give the runner a
+    (full size on 2 CPU cores: about 23-28 min, 11-14 of them the 1M-token command; give the runner a
     ``--timeout`` to match, e.g. ``python -m benchmarks --only scan --timeout 36000``)
 """
 from __future__ import annotations
