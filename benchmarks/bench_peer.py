@@ -6,7 +6,10 @@ The job: mean-pooled MLP activations of every layer of a randomly initialised GP
 * peer: TransformerLens 3.x ``HookedTransformer`` built from GPT-2-small dims (seeded random
   init), ``run_with_cache(tokens, names_filter=...)`` on ``blocks.{l}.mlp.hook_post`` of every
   layer under ``torch.no_grad()``, mean over tokens, AUROC from ``scipy.stats.rankdata``
-  (average ranks) per layer. Token ids are fed directly as a [B, 24] tensor.
+  (average ranks) per layer. Token ids are fed directly as a [B, 24] tensor. Called as its
+  users call it, so it computes the logits too (the unembedding, which the job never needs).
+* peerstop: the same with ``stop_at_layer=n_layers`` (every block, no final norm and no
+  unembedding): the fastest way TransformerLens offers to do the job, and the fair peer.
 * NeuroLens: ``registry.load`` of a seeded random GPT-2 checkpoint with the same dims,
   ``pooled_activations`` over every layer (texts that tokenize to the same ids) and
   ``ScoreAccumulator`` (AUROC plus every other statistic), fp32 and bf16 compute.
@@ -51,11 +54,11 @@ NAME = "peer"
 MODULE = "benchmarks.bench_peer"
 TARGETS = {"float32": 1.25, "bfloat16": 2.0, "bare": 0.9, "memory": 0.35}
 FULL = dict(model=common.GPT2_SMALL, n_words=4000, n_examples=2000, n_tokens=24, batch_size=32, reps=3,
-            jobs=("peer-float32", "run-float32", "rundef-float32", "bare-float32", "plain-float32",
+            jobs=("peer-float32", "peerstop-float32", "run-float32", "rundef-float32", "bare-float32", "plain-float32",
                   "peergrad-float32",
                   "neurolens-float32", "neurolens-bfloat16", "bare-bfloat16"))
 SMOKE = dict(model=common.GPT2_TINY, n_words=400, n_examples=64, n_tokens=24, batch_size=32, reps=1,
-             jobs=("peer-float32", "neurolens-float32", "run-float32", "rundef-float32"))
+             jobs=("peer-float32", "peerstop-float32", "neurolens-float32", "run-float32", "rundef-float32"))
 #: SmolLM2-135M's dimensions (random init), and a tiny one for the smoke size
 SMOLLM2 = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                num_key_value_heads=3, vocab_size=49152, max_position_embeddings=2048, rms_norm_eps=1e-5,
@@ -63,7 +66,8 @@ SMOLLM2 = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, nu
 LLAMA_TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=512, max_position_embeddings=128, rms_norm_eps=1e-5,
                   tie_word_embeddings=True)
-LLAMA_JOBS = ("llama_peer-float32", "llama_run-float32", "llama_rundef-float32", "llama_bare-float32")
+LLAMA_JOBS = ("llama_peer-float32", "llama_peerstop-float32", "llama_run-float32", "llama_rundef-float32",
+              "llama_bare-float32")
 
 
 def _device() -> str:
@@ -87,7 +91,7 @@ def rank_auroc(acts, labels):
 # -- jobs (each runs in its own process, see common.measure_job) -----------------------------
 
 def peer_job(job, model: dict, n_words: int, n_examples: int, n_tokens: int, batch_size: int,
-             dtype: str = "float32", grad: bool = False):
+             dtype: str = "float32", grad: bool = False, stop: bool = False):
     import torch
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -101,22 +105,25 @@ def peer_job(job, model: dict, n_words: int, n_examples: int, n_tokens: int, bat
         dtype=getattr(torch, dtype))
     net = HookedTransformer(cfg)
     net.eval()
-    _peer_extract(job, net, ids, labels, dev, batch_size, grad=grad)
+    _peer_extract(job, net, ids, labels, dev, batch_size, grad=grad, stop=stop)
 
 
-def _peer_extract(job, net, ids, labels, dev, batch_size: int, *, grad: bool = False) -> None:
+def _peer_extract(job, net, ids, labels, dev, batch_size: int, *, grad: bool = False, stop: bool = False
+                  ) -> None:
     """The peer's job, timed from `job.ready()`: run_with_cache on every MLP post site,
-    mean-pooled, then AUROC per neuron."""
+    mean-pooled, then AUROC per neuron; `stop`: return after the last block (no unembedding)."""
     import torch
 
     tokens = torch.from_numpy(ids).to(dev)
     names = [f"blocks.{l}.mlp.hook_post" for l in range(net.cfg.n_layers)]
     wanted = set(names)
+    stop_at = net.cfg.n_layers if stop else None
     job.ready()
     pooled: dict[str, list] = {n: [] for n in names}
     with torch.set_grad_enabled(grad):
         for s in range(0, len(ids), batch_size):
-            _, cache = net.run_with_cache(tokens[s:s + batch_size], names_filter=lambda n: n in wanted)
+            _, cache = net.run_with_cache(tokens[s:s + batch_size], names_filter=lambda n: n in wanted,
+                                         stop_at_layer=stop_at)
             for n in names:
                 pooled[n].append(cache[n].mean(dim=1).detach())
             del cache
@@ -206,7 +213,7 @@ def make_llama_checkpoint(out: Path, dims: dict, n_words: int) -> Path:
 
 
 def llama_peer_job(job, ckpt: str, n_words: int, n_examples: int, n_tokens: int, batch_size: int,
-                   dtype: str = "float32"):
+                   dtype: str = "float32", stop: bool = False):
     """TransformerLens on the same Llama weights (hf_model + a config from its dims)."""
     import torch
     import transformer_lens.loading_from_pretrained as lp
@@ -233,7 +240,7 @@ def llama_peer_job(job, ckpt: str, n_words: int, n_examples: int, n_tokens: int,
     net.eval()
     del state
     ids, labels = common.token_ids(n_examples, n_tokens, n_words)
-    _peer_extract(job, net, ids, labels, dev, batch_size)
+    _peer_extract(job, net, ids, labels, dev, batch_size, stop=stop)
 
 
 def bare_job(job, ckpt: str, n_words: int, n_examples: int, n_tokens: int, batch_size: int,
@@ -315,10 +322,11 @@ def run(smoke: bool = False) -> dict:
                                              importance=who == "rundef", dtype=dtype)
                     shutil.rmtree(out, ignore_errors=True)
                 elif j.startswith("llama_peer"):
-                    res = common.measure_job(f"{MODULE}:llama_peer_job", ckpt=here, dtype=dtype, **common_kw)
-                elif who in ("peer", "peergrad"):  # peergrad: run_with_cache as called, autograd on
+                    res = common.measure_job(f"{MODULE}:llama_peer_job", ckpt=here, dtype=dtype,
+                                             stop=who == "peerstop", **common_kw)
+                elif who in ("peer", "peergrad", "peerstop"):  # peergrad: as called, autograd on
                     res = common.measure_job(f"{MODULE}:peer_job", model=cfg["model"], dtype=dtype,
-                                             grad=who == "peergrad", **common_kw)
+                                             grad=who == "peergrad", stop=who == "peerstop", **common_kw)
                 elif who == "neurolens":
                     res = common.measure_job(f"{MODULE}:neurolens_job", ckpt=ckpt, dtype=dtype,
                                              check=smoke and r == 0, **common_kw)
@@ -361,6 +369,8 @@ def run(smoke: bool = False) -> dict:
             x = rows.get(f"{pre}{who}-float32")
             if x is None:
                 continue
+            if rows.get(f"{pre}peerstop-float32"):
+                ratios[f"{pre}{who}_vs_peerstop"] = tps[f"{pre}{who}-float32"] / tps[f"{pre}peerstop-float32"]
             if pr:
                 ratios[f"{pre}{who}_vs_peer"] = tps[f"{pre}{who}-float32"] / tps[f"{pre}peer-float32"]
                 ratios[f"{pre}{who}_peak_total_vs_peer"] = x["peak_rss_mb"] / pr["peak_rss_mb"]
@@ -382,6 +392,7 @@ def run(smoke: bool = False) -> dict:
                                                          TARGETS["bare"]),
         "peak_delta_float32_vs_peer <= 0.35": _ge(TARGETS["memory"], ratios.get("peak_delta_float32_vs_peer")),
         "run_vs_peer >= 1.2": _ge(ratios.get("run_vs_peer"), 1.2),
+        "run_vs_peerstop >= 1.2": _ge(ratios.get("run_vs_peerstop"), 1.2),
         "run_vs_bare >= 0.9": _ge(ratios.get("run_vs_bare"), 0.9),
         "run_peak_total_vs_peer <= 0.35": _ge(0.35, ratios.get("run_peak_total_vs_peer")),
         "run_peak_total_vs_peergrad <= 0.35": _ge(0.35, ratios.get("run_peak_total_vs_peergrad")),
@@ -411,6 +422,7 @@ def _ge(a, b):
 
 LABELS = {"peer-float32": "TransformerLens run_with_cache + rank AUROC (fp32, under no_grad)",
           "peergrad-float32": "TransformerLens run_with_cache + rank AUROC (fp32, autograd on: its default)",
+          "peerstop-float32": "TransformerLens the same, stop_at_layer=n_layers (no unembedding; fp32, no_grad)",
           "neurolens-float32": "NeuroLens pooled_activations + ScoreAccumulator (fp32)",
           "neurolens-bfloat16": "NeuroLens pooled_activations + ScoreAccumulator (bf16)",
           "bare-float32": "bare forward, no hooks (fp32)", "bare-bfloat16": "bare forward, no hooks (bf16)",
@@ -418,6 +430,7 @@ LABELS = {"peer-float32": "TransformerLens run_with_cache + rank AUROC (fp32, un
           "run-float32": "`neurolens run --no-importance` (fp32; the peer's job)",
           "rundef-float32": "`neurolens run` as by default (fp32; importance on)",
           "llama_peer-float32": "Llama (SmolLM2 dims): TransformerLens run_with_cache + rank AUROC",
+          "llama_peerstop-float32": "Llama: TransformerLens the same, stop_at_layer=n_layers",
           "llama_run-float32": "Llama: `neurolens run --no-importance`",
           "llama_rundef-float32": "Llama: `neurolens run` (importance on)",
           "llama_bare-float32": "Llama: bare forward, no hooks"}

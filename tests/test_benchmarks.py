@@ -60,6 +60,7 @@ def test_smoke_result_has_the_fields(name, tmp_path):
             assert "transformer_lens" in r["skip_reason"] and r["ratio"] is None
         else:
             assert r["ratio"] > 0 and r["auc_check_max_abs_diff"] < 1e-9
+            assert r["rows"]["peerstop-float32"]["tokens"] == nl["tokens"] and r["ratios"]["run_vs_peerstop"] > 0
     if name == "extract":
         assert {x["dtype"] for x in r["rows"]} == {"float32", "bfloat16"}
         assert all(x["ratio"] > 0 for x in r["rows"])
